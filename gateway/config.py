@@ -1,0 +1,171 @@
+"""One typed configuration, read from ``SGW_*`` environment variables; CLI flags override.
+
+Errors name the variable and the bad value, so an operator fixes a unit file in one go.
+``environ`` is a parameter so tests pass a plain dict.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway.codes import DEFAULT_INSTITUTION_CODE_PATTERN, DEFAULT_STAFF_CODE_PATTERN, CodeShapes
+from gateway.keys import DEFAULT_NAMESPACE
+from gateway.rules import DEFAULT_EMERGENCY_MED_TYPES, RulesConfig
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the product cannot use."""
+
+
+def default_state_dir() -> Path:
+    """Per-user state directory for the embedded Redis (XDG, like other daemons' state)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "settlement-gateway"
+
+
+def mask_url(url: str | None) -> str | None:
+    """The URL with any password replaced, for logs and ``repr``."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_csv_set(value: str) -> frozenset[str]:
+    return frozenset(item.strip() for item in value.split(",") if item.strip())
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true/false")
+
+
+def parse_positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
+def parse_positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be positive")
+    return number
+
+
+def parse_cancellation_scope(value: str) -> bool:
+    """``national`` (default, 000 §14: the code itself is cancelled) or ``institution``."""
+    lowered = value.strip().lower()
+    if lowered not in {"national", "institution"}:
+        raise ValueError("expected national or institution")
+    return lowered == "national"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway and loader are configured with. Field ↔ variable: ``SGW_`` +
+    upper-case name (see ``ENV``)."""
+
+    listen: str = "[::]:50051"
+    metrics_listen: str = "[::]:9464"
+    redis_url: str | None = field(default=None, repr=False)
+    state_dir: Path = field(default_factory=default_state_dir)
+    namespace: str = DEFAULT_NAMESPACE
+    max_lines: int = 10_000
+    emergency_med_types: frozenset[str] = DEFAULT_EMERGENCY_MED_TYPES
+    staff_code_pattern: str = DEFAULT_STAFF_CODE_PATTERN
+    institution_code_pattern: str = DEFAULT_INSTITUTION_CODE_PATTERN
+    national_cancellation: bool = True
+    # Every Redis call is bounded: a checkout never waits longer than this on the store.
+    redis_timeout_seconds: float = 0.5
+    # On SIGTERM, in-flight calls get this long to finish.
+    shutdown_grace_seconds: float = 10.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    log_level: str = "INFO"
+    keep_names: bool = False
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "redis_url"
+        )
+        return f"Settings(redis_url={mask_url(self.redis_url)!r}, {shown})"
+
+    @cached_property
+    def rules(self) -> RulesConfig:
+        return RulesConfig(
+            shapes=self.shapes,
+            emergency_med_types=self.emergency_med_types,
+            national_cancellation=self.national_cancellation,
+        )
+
+    @cached_property
+    def shapes(self) -> CodeShapes:
+        return CodeShapes.from_patterns(self.staff_code_pattern, self.institution_code_pattern)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``SGW_*`` variables, then ``overrides`` (CLI flags; None = unset)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (var, cast) in ENV.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _cast(var, raw, cast)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def validate(self) -> None:
+        try:
+            self.shapes  # noqa: B018 - compiles the patterns
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.max_lines <= 0:
+            raise ConfigError(f"max_lines must be positive, got {self.max_lines}")
+
+
+def _cast(var: str, raw: str, cast: Callable[[str], T]) -> T:
+    try:
+        return cast(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{var}={raw!r}: {exc}") from exc
+
+
+ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
+    "listen": ("SGW_LISTEN", str),
+    "metrics_listen": ("SGW_METRICS_LISTEN", str),
+    "redis_url": ("SGW_REDIS_URL", str),
+    "state_dir": ("SGW_STATE_DIR", Path),
+    "namespace": ("SGW_NAMESPACE", str),
+    "max_lines": ("SGW_MAX_LINES", parse_positive_int),
+    "emergency_med_types": ("SGW_EMERGENCY_MED_TYPES", parse_csv_set),
+    "staff_code_pattern": ("SGW_STAFF_CODE_PATTERN", str),
+    "institution_code_pattern": ("SGW_INSTITUTION_CODE_PATTERN", str),
+    "national_cancellation": ("SGW_CANCELLATION_SCOPE", parse_cancellation_scope),
+    "redis_timeout_seconds": ("SGW_REDIS_TIMEOUT", parse_positive_float),
+    "shutdown_grace_seconds": ("SGW_SHUTDOWN_GRACE", parse_positive_float),
+    "max_message_bytes": ("SGW_MAX_MESSAGE_BYTES", parse_positive_int),
+    "log_level": ("SGW_LOG_LEVEL", str),
+    "keep_names": ("SGW_KEEP_NAMES", parse_bool),
+}

@@ -1,0 +1,118 @@
+"""Redis clients from one URL, for the gateway (asyncio) and the loader (blocking).
+
+Accepted: ``redis://``, ``rediss://`` (TLS), ``unix://`` and a cluster URL
+``redis+cluster://host:port[,host:port...]`` (or ``rediss+cluster://``) listing startup
+nodes. Every client gets bounded connect/read timeouts: a checkout must never hang on the
+store, it gets an answer or a clear degraded/unavailable result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+PLAIN_SCHEMES = {"redis", "rediss", "unix"}
+
+AsyncRedis = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+SyncRedis = redis.Redis | redis.cluster.RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """A parsed store URL."""
+
+    url: str
+    cluster: bool
+    # For a cluster: the plain URL of each startup node, credentials and query kept.
+    node_urls: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, url: str) -> RedisTarget:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in PLAIN_SCHEMES:
+            return cls(url, cluster=False)
+        if scheme not in CLUSTER_SCHEMES:
+            raise ValueError(
+                f"unsupported Redis URL scheme {parts.scheme!r}: use redis://, rediss://, "
+                "unix:// or redis+cluster://host:port,host:port"
+            )
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        prefix = f"{userinfo}@" if userinfo else ""
+        query = f"?{parts.query}" if parts.query else ""
+        nodes = tuple(
+            f"{CLUSTER_SCHEMES[scheme]}://{prefix}{host.strip()}{query}"
+            for host in hosts.split(",")
+            if host.strip()
+        )
+        if not nodes:
+            raise ValueError("a cluster URL needs at least one host:port")
+        return cls(url, cluster=True, node_urls=nodes)
+
+
+def _timeouts(timeout: float, retry_class: type[Any]) -> dict[str, Any]:
+    # One quick retry, no multi-second backoff: the caller's deadline is what bounds a call.
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+        "retry": retry_class(ExponentialBackoff(cap=0.05, base=0.01), 1),
+    }
+
+
+def _cluster_nodes(target: RedisTarget) -> list[Any]:
+    nodes = []
+    for node_url in target.node_urls:
+        parts = urlsplit(node_url)
+        nodes.append((parts.hostname or "localhost", parts.port or 6379))
+    return nodes
+
+
+def _cluster_kwargs(target: RedisTarget) -> dict[str, Any]:
+    first = urlsplit(target.node_urls[0])
+    kwargs: dict[str, Any] = dict(parse_qsl(first.query))
+    if first.username:
+        kwargs["username"] = first.username
+    if first.password:
+        kwargs["password"] = first.password
+    if first.scheme == "rediss":
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def async_client(url: str, timeout: float = 0.5, **extra: Any) -> AsyncRedis:
+    target = RedisTarget.parse(url)
+    if target.cluster:
+        from redis.asyncio.cluster import ClusterNode
+
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in _cluster_nodes(target)],
+            **_cluster_kwargs(target),
+            **_timeouts(timeout, AsyncRetry),
+            **extra,
+        )
+    return redis.asyncio.Redis.from_url(url, **_timeouts(timeout, AsyncRetry), **extra)
+
+
+def sync_client(url: str, timeout: float = 30.0, **extra: Any) -> SyncRedis:
+    target = RedisTarget.parse(url)
+    if target.cluster:
+        from redis.cluster import ClusterNode
+
+        return redis.cluster.RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in _cluster_nodes(target)],  # type: ignore[no-untyped-call]
+            **_cluster_kwargs(target),
+            **_timeouts(timeout, Retry),
+            **extra,
+        )
+    return redis.Redis.from_url(url, **_timeouts(timeout, Retry), **extra)

@@ -1,0 +1,212 @@
+"""The gateway's lifespan: connect the store, start gRPC, health, reflection and /metrics,
+serve, and on SIGTERM drain in-flight calls before closing.
+
+``GatewayApp`` is the whole product in one object so tests run it in-process on port 0;
+``serve`` adds signal handling and the one "ready" log line operators wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+import redis.exceptions
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from gateway.config import Settings
+from gateway.keys import Keys
+from gateway.metrics import GatewayMetrics
+from gateway.pb.settlement.v1 import gateway_pb2 as pb
+from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.redis_client import AsyncRedis, async_client
+from gateway.servicer import STORE_ERRORS, SettlementGateway
+from gateway.store import NoDataError, Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementGateway"].full_name
+HEALTH_SERVICES = ("", SERVICE_NAME)
+REFRESH_INTERVAL_SECONDS = 0.5
+CONNECT_ATTEMPTS = 5
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start; the message says what to fix."""
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``[::]:9464`` / ``0.0.0.0:9464`` / ``:9464`` -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise StartupError(f"invalid listen address {address!r}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+async def connect(url: str, timeout: float) -> AsyncRedis:
+    """A client that answered PING, after a few retries; else a StartupError."""
+    client = async_client(url, timeout)
+    delay = 0.2
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            await client.ping()
+            return client
+        except STORE_ERRORS as exc:
+            remaining = CONNECT_ATTEMPTS - attempt
+            log.warning("redis not reachable", extra={"error": str(exc), "retries_left": remaining})
+            if not remaining:
+                await client.aclose()
+                raise StartupError(f"cannot reach Redis: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+class GatewayApp:
+    """gRPC server + store + metrics endpoint, started and stopped together."""
+
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.registry = CollectorRegistry()
+        self.metrics = GatewayMetrics(self.registry)
+        self.health = health_aio.HealthServicer()
+        self.port = 0
+        self.metrics_port = 0
+        self.store: Store | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http: WSGIServer | None = None
+        self._metrics_thread: threading.Thread | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        size = self.settings.max_message_bytes
+        return [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            # A second process on a taken port must fail, not silently share it.
+            ("grpc.so_reuseport", 0),
+        ]
+
+    async def start(self) -> None:
+        client = await connect(self.redis_url, self.settings.redis_timeout_seconds)
+        self.store = Store(client, Keys(self.settings.namespace))
+        with contextlib.suppress(NoDataError):
+            await self.store.refresh()
+
+        server = grpc.aio.server(options=self.grpc_options())
+        pb_grpc.add_SettlementGatewayServicer_to_server(
+            SettlementGateway(self.store, self.settings, self.metrics), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            self.port = server.add_insecure_port(self.settings.listen)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {self.settings.listen}: {exc}") from exc
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {self.settings.listen}: address in use?")
+        self._start_metrics_http()
+        await server.start()
+        self._server = server
+        await self._update_health()
+        self._refresher = asyncio.create_task(self._refresh_loop())
+
+    def _start_metrics_http(self) -> None:
+        host, port = split_host_port(self.settings.metrics_listen)
+        try:
+            self._metrics_http, self._metrics_thread = start_http_server(
+                port, addr=host, registry=self.registry
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot serve /metrics on {self.settings.metrics_listen}: {exc}") from exc
+        self.metrics_port = self._metrics_http.server_port
+
+    async def _update_health(self) -> None:
+        assert self.store is not None
+        try:
+            meta = await self.store.refresh()
+        except (NoDataError, *STORE_ERRORS):
+            meta = None
+        serving = meta is not None
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_SERVICES:
+            await self.health.set(name, status)
+        if meta is not None:
+            self.metrics.data_as_of.set(meta.as_of)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL_SECONDS)
+            try:
+                await self._update_health()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("status refresh failed")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, let in-flight ones finish within ``grace``, release everything."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        if self.store is not None:
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                await self.store.client.aclose()
+
+
+async def serve(settings: Settings, redis_url: str) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop."""
+    app = GatewayApp(settings, redis_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        await app.start()
+    except BaseException:
+        await app.stop(0)
+        raise
+    meta = app.store.meta if app.store else None
+    log.info(
+        "settlement gateway ready",
+        extra={
+            "listen": settings.listen,
+            "port": app.port,
+            "metrics_port": app.metrics_port,
+            "data_version": meta.version if meta else None,
+            "startup_seconds": round(time.monotonic() - started, 3),
+        },
+    )
+    await stop.wait()
+    log.info(
+        "shutting down: draining in-flight calls", extra={"grace_seconds": settings.shutdown_grace_seconds}
+    )
+    await app.stop()
+    log.info("stopped")

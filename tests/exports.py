@@ -1,0 +1,115 @@
+"""Builders for export files and settlement requests used across the tests."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.days import CST
+from gateway.pb.settlement.v1 import gateway_pb2 as pb
+from loader.demo import DEPARTMENT_HEADERS, INSTITUTION_HEADERS, STAFF_HEADERS
+
+HEADERS = {"staff": STAFF_HEADERS, "institution": INSTITUTION_HEADERS, "department": DEPARTMENT_HEADERS}
+
+HOSPITAL = "H33090200017"
+OTHER_HOSPITAL = "H33090300021"
+DOCTOR = "D330902001234"
+
+
+def write_csv(
+    path: Path, headers: Sequence[str], rows: Sequence[Sequence[str]], encoding: str = "utf-8"
+) -> Path:
+    with path.open("w", encoding=encoding, newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(headers)
+        writer.writerows(rows)
+    return path
+
+
+def staff_row(
+    code: str = DOCTOR,
+    institution: str = HOSPITAL,
+    status: str = "正常",
+    start: str = "2024-01-01",
+    end: str = "",
+    department: str = "A03",
+    category: str = "医师",
+    name: str = "张三",
+    id_number: str = "330902198001011234",
+) -> list[str]:
+    return [
+        code,
+        name,
+        category,
+        institution,
+        department,
+        status,
+        start,
+        end,
+        id_number,
+        "2026-02-27 10:31:00",
+    ]
+
+
+def institution_row(
+    code: str = HOSPITAL,
+    status: str = "正常",
+    start: str = "2020-01-01",
+    end: str = "",
+    region: str = "330902",
+) -> list[str]:
+    return [code, "舟山市测试医院", region, status, start, end, "2026-01-01 09:00:00"]
+
+
+def department_row(
+    department: str,
+    status: str = "中止",
+    start: str = "2026-03-01",
+    end: str = "",
+    institution: str = HOSPITAL,
+) -> list[str]:
+    return [institution, department, status, start, end]
+
+
+def at_cst(year: int, month: int, day: int, hour: int = 10) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, tzinfo=CST)
+
+
+def line(
+    line_id: str = "1",
+    staff_code: str = DOCTOR,
+    when: dt.datetime | None = None,
+    amount_fen: int = 1000,
+    item_code: str = "XA01AAA001",
+    department_code: str = "A03",
+    emergency: bool = False,
+) -> pb.SettlementLine:
+    msg = pb.SettlementLine(
+        line_id=line_id,
+        staff_code=staff_code,
+        department_code=department_code,
+        item_code=item_code,
+        amount_fen=amount_fen,
+        emergency=emergency,
+    )
+    msg.service_time.FromDatetime(when or at_cst(2026, 4, 1))
+    return msg
+
+
+def request(
+    *lines: pb.SettlementLine,
+    institution_code: str = HOSPITAL,
+    encounter: int = pb.OUTPATIENT,
+    med_type: str = "11",
+    request_id: str = "req-1",
+) -> pb.ValidateRequest:
+    return pb.ValidateRequest(
+        request_id=request_id,
+        institution_code=institution_code,
+        settlement_id="mdtrt-1",
+        encounter=encounter,  # type: ignore[arg-type]
+        med_type=med_type,
+        lines=list(lines),
+    )
