@@ -28,8 +28,11 @@ def generate(out_dir: Path) -> list[Path]:
     from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
     include = Path(protoc.__file__).resolve().parent / "_proto"
+    scripts = Path(sys.executable).parent  # mypy-protobuf's plugins live beside the interpreter
     args = [
         "protoc",
+        f"--plugin=protoc-gen-mypy={scripts / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={scripts / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out_dir}",
