@@ -56,7 +56,7 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         )
         decisions = decide_all(parsed.lines, evidence, self.rules)
         response = build_response(
-            request, decisions, snapshot.meta.version, snapshot.meta.as_of, degraded=False
+            request, decisions, snapshot.meta.version, snapshot.meta.as_of, snapshot.degraded
         )
         self.metrics.observe_decisions(decisions)
         return response

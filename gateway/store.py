@@ -59,6 +59,8 @@ class Snapshot:
     institution: InstitutionRecord | None
     departments: DepartmentActions | None
     staff: dict[str, StaffRecord | None]
+    # True when the records did not come from the live store (e.g. a fallback cache).
+    degraded: bool = False
 
 
 class Store:
