@@ -7,6 +7,7 @@ read script are single-slot; this test proves a cluster accepts them end to end.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -30,6 +31,21 @@ from tests.conftest import RedisProcess, free_port
 from tests.exports import HEADERS, institution_row, line, request, staff_row, write_csv
 
 CLUSTER_SLOTS = 16384
+BUS_PORT_OFFSET = 10000  # a cluster node also listens on port + 10000
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus companion is a valid, free port too."""
+    while True:
+        port = free_port()
+        if port + BUS_PORT_OFFSET > 65535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + BUS_PORT_OFFSET))
+            except OSError:
+                continue
+        return port
 
 
 def _assign_slots(ports: list[int]) -> None:
@@ -58,7 +74,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     nodes = []
     for _ in range(3):
         workdir = tmp_path_factory.mktemp("cluster")
-        node = RedisProcess(binary, free_port(), workdir, ("--cluster-enabled", "yes",
+        node = RedisProcess(binary, free_cluster_port(), workdir, ("--cluster-enabled", "yes",
                             "--cluster-config-file", str(workdir / "nodes.conf")))  # fmt: skip
         node.start()
         nodes.append(node)
