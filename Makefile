@@ -28,6 +28,11 @@ test: venv
 proto: venv
 	$(BIN)/python proto/generate.py
 
+## The gateway against the no-op gRPC server and a bare Redis round trip; writes benchmarks/RESULTS.md.
+BENCH_ARGS ?= --scaling
+bench: venv
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

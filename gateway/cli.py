@@ -15,6 +15,7 @@ from pathlib import Path
 from gateway.config import ConfigError, Settings, parse_cancellation_scope, parse_csv_set
 from gateway.embedded import EmbeddedRedisError, store_url
 from gateway.logs import setup_logging
+from gateway.loops import DEFAULT_EVENT_LOOP, install_event_loop, parse_event_loop
 from gateway.server import StartupError, serve
 
 log = logging.getLogger("gateway")
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_seconds",
                    help="seconds in-flight calls get on SIGTERM ($SGW_SHUTDOWN_GRACE, default 10)")  # fmt: skip
     s.add_argument("--log-level", help="($SGW_LOG_LEVEL, default INFO)")
+    s.add_argument("--event-loop", type=parse_event_loop,
+                   help=f"asyncio or uvloop ($SGW_EVENT_LOOP, default {DEFAULT_EVENT_LOOP})")  # fmt: skip
     s.add_argument("--demo", action="store_true", help="load the demo export set if the store is empty")
     s.add_argument("--demo-staff", type=int, default=2000, help="demo population size (default 2000)")
     return parser
@@ -47,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 SETTING_FLAGS = (
     "listen", "metrics_listen", "redis_url", "state_dir", "namespace", "max_lines",
     "emergency_med_types", "national_cancellation", "redis_timeout_seconds",
-    "shutdown_grace_seconds", "log_level",
+    "shutdown_grace_seconds", "log_level", "event_loop",
 )  # fmt: skip
 
 
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 from loader.quickstart import ensure_demo_data
 
                 ensure_demo_data(url, settings, args.demo_staff)
+            install_event_loop(settings.event_loop)
             asyncio.run(serve(settings, url))
     except (StartupError, EmbeddedRedisError) as exc:
         log.error("cannot start", extra={"error": str(exc)})

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from gateway.codes import DEFAULT_INSTITUTION_CODE_PATTERN, DEFAULT_STAFF_CODE_PATTERN, CodeShapes
 from gateway.keys import DEFAULT_NAMESPACE
+from gateway.loops import DEFAULT_EVENT_LOOP, parse_event_loop
 from gateway.rules import DEFAULT_EMERGENCY_MED_TYPES, RulesConfig
 
 T = TypeVar("T")
@@ -99,6 +100,7 @@ class Settings:
     max_message_bytes: int = 16 * 1024 * 1024
     log_level: str = "INFO"
     keep_names: bool = False
+    event_loop: str = DEFAULT_EVENT_LOOP
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -168,4 +170,5 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "max_message_bytes": ("SGW_MAX_MESSAGE_BYTES", parse_positive_int),
     "log_level": ("SGW_LOG_LEVEL", str),
     "keep_names": ("SGW_KEEP_NAMES", parse_bool),
+    "event_loop": ("SGW_EVENT_LOOP", parse_event_loop),
 }

@@ -52,6 +52,18 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def server_options(settings: Settings, reuseport: bool = False) -> list[tuple[str, int]]:
+    """gRPC server options; the benchmarks' no-op server uses the very same ones."""
+    size = settings.max_message_bytes
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+        # A second gateway on a taken port must fail, not silently share it; only the
+        # workers of one ``serve --workers N`` share a port (the supervisor checked it first).
+        ("grpc.so_reuseport", int(reuseport)),
+    ]
+
+
 async def connect(url: str, timeout: float) -> AsyncRedis:
     """A client that answered PING, after a few retries; else a StartupError."""
     client = async_client(url, timeout)
@@ -89,13 +101,7 @@ class GatewayApp:
         self._refresher: asyncio.Task[None] | None = None
 
     def grpc_options(self) -> list[tuple[str, int]]:
-        size = self.settings.max_message_bytes
-        return [
-            ("grpc.max_receive_message_length", size),
-            ("grpc.max_send_message_length", size),
-            # A second process on a taken port must fail, not silently share it.
-            ("grpc.so_reuseport", 0),
-        ]
+        return server_options(self.settings)
 
     async def start(self) -> None:
         client = await connect(self.redis_url, self.settings.redis_timeout_seconds)

@@ -40,6 +40,7 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
 
     async def judge(self, request: pb.ValidateRequest) -> pb.ValidateResponse:
         """One settlement's verdicts; raises RequestError or Unavailable."""
+        received = time.perf_counter()
         parsed = parse_request(request, self.rules, self.settings.max_lines)
         codes = staff_codes_to_fetch(parsed.lines, self.rules)
         try:
@@ -58,6 +59,7 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         response = build_response(
             request, decisions, snapshot.meta.version, snapshot.meta.as_of, snapshot.degraded
         )
+        self.metrics.observe_decision_time(len(decisions), time.perf_counter() - received)
         self.metrics.observe_decisions(decisions)
         return response
 

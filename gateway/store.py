@@ -107,20 +107,25 @@ class Store:
         # A kind never loaded reads from a key that does not exist: every lookup is nil.
         return self.keys.table(kind, table or "none")
 
+    async def fetch_raw(self, meta: VersionMeta, institution: str, codes: Sequence[str]) -> list[Any]:
+        """The read script's undecoded reply (the benchmarks' data ceiling calls this too)."""
+        reply: list[Any] = await self._script(
+            keys=[
+                self.keys.live,
+                self._table_key(meta, "staff"),
+                self._table_key(meta, "institution"),
+                self._table_key(meta, "department"),
+            ],
+            args=[meta.version, institution, *codes],
+        )
+        return reply
+
     async def read(self, institution: str, codes: Sequence[str]) -> Snapshot:
         meta = self._meta or await self.refresh()
         if meta is None:
             raise NoDataError("no data has been loaded")
         for _ in range(MAX_VERSION_CHASES):
-            reply: list[Any] = await self._script(
-                keys=[
-                    self.keys.live,
-                    self._table_key(meta, "staff"),
-                    self._table_key(meta, "institution"),
-                    self._table_key(meta, "department"),
-                ],
-                args=[meta.version, institution, *codes],
-            )
+            reply = await self.fetch_raw(meta, institution, codes)
             if len(reply) == 1:
                 if reply[0] is None:
                     self._meta = None
