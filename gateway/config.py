@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.codes import DEFAULT_INSTITUTION_CODE_PATTERN, DEFAULT_STAFF_CODE_PATTERN, CodeShapes
 from gateway.keys import DEFAULT_NAMESPACE
 from gateway.loops import DEFAULT_EVENT_LOOP, parse_event_loop
+from gateway.metrics import MetricsConfig
 from gateway.rules import DEFAULT_EMERGENCY_MED_TYPES, RulesConfig
 
 T = TypeVar("T")
@@ -101,6 +102,14 @@ class Settings:
     log_level: str = "INFO"
     keep_names: bool = False
     event_loop: str = DEFAULT_EVENT_LOOP
+    # Bounds on per-institution metric series (see gateway/metrics.py): an allowlist, else
+    # the first ``metrics_institution_limit`` institutions seen; the rest count as "other".
+    metrics_institutions: frozenset[str] = frozenset()
+    metrics_institution_limit: int = 500
+    # Staff-code shares are computed over each institution's last ``metrics_code_window``
+    # lines; the ``metrics_top_codes`` busiest codes are exposed with their share.
+    metrics_code_window: int = 2000
+    metrics_top_codes: int = 3
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -114,6 +123,16 @@ class Settings:
             shapes=self.shapes,
             emergency_med_types=self.emergency_med_types,
             national_cancellation=self.national_cancellation,
+        )
+
+    @cached_property
+    def metrics(self) -> MetricsConfig:
+        return MetricsConfig(
+            institutions=self.metrics_institutions,
+            institution_limit=self.metrics_institution_limit,
+            code_window=self.metrics_code_window,
+            top_codes=self.metrics_top_codes,
+            shapes=self.shapes,
         )
 
     @cached_property
@@ -171,4 +190,8 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "log_level": ("SGW_LOG_LEVEL", str),
     "keep_names": ("SGW_KEEP_NAMES", parse_bool),
     "event_loop": ("SGW_EVENT_LOOP", parse_event_loop),
+    "metrics_institutions": ("SGW_METRICS_INSTITUTIONS", parse_csv_set),
+    "metrics_institution_limit": ("SGW_METRICS_INSTITUTION_LIMIT", parse_positive_int),
+    "metrics_code_window": ("SGW_METRICS_CODE_WINDOW", parse_positive_int),
+    "metrics_top_codes": ("SGW_METRICS_TOP_CODES", parse_positive_int),
 }

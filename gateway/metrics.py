@@ -1,15 +1,48 @@
-"""Every Prometheus metric the gateway exposes, declared in one place.
+"""Every Prometheus metric the gateway counts, declared in one place.
 
 Metrics take a ``registry`` so tests build a fresh one and read it back. Label values for
-verdicts and reasons are the contract's enum names.
+verdicts and reasons are the contract's enum names; the gRPC metrics keep the names and
+label values of go-grpc-prometheus, which operators' dashboards already use.
+
+Per-request cost matters (a 20-line bill is judged in well under a millisecond), so every
+label child is resolved once and a request is aggregated into a few dictionaries before
+touching any metric: a request costs one pass over its lines plus a handful of increments,
+however many lines it has.
+
+Per-institution series are bounded: an allowlist (``SGW_METRICS_INSTITUTIONS``) or else the
+first ``SGW_METRICS_INSTITUTION_LIMIT`` well-formed institution codes seen by the process get
+their own label value; everything else is counted as ``other``.
+
+Gauges that describe the process's state (data version and age, loader provenance, staff-code
+shares) are not declared here but computed at scrape time by ``gateway.metrics_state``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
 
+import redis.exceptions
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.code_share import CodeShareTracker
+from gateway.codes import DEFAULT_SHAPES, CodeShapes
 from gateway.policy import Reason, Verdict
-from gateway.rules import Decision
+from gateway.rules import Decision, Line
+
+OTHER_INSTITUTION = "other"
+
+# The gateway answers in about a millisecond: start at 100 µs so the bulk of calls does not
+# fall into one bucket, and reach past the Redis timeout (0.5 s) so a stuck store still shows.
+GRPC_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+REDIS_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
 
 # Server-side decision time starts at 50 µs (a one-line bill on a warm process) and reaches
 # past a second (a 10,000-line bill on a loaded host); 1 ms and 20 ms are bucket bounds
@@ -22,6 +55,13 @@ DECISION_BUCKETS = (
 DECISION_SIZE_CLASSES = ((10, "1-10"), (100, "11-100"), (1000, "101-1000"))
 DECISION_SIZE_LARGEST = "1001+"
 
+# Store calls, by what they fetch: the per-request script, the live pointer, a version's meta.
+REDIS_CALLS = ("read", "live", "meta")
+REDIS_ERROR_KINDS = ("timeout", "connection", "response", "other")
+
+STAFF_CODE_FAULTS = (Reason.STAFF_CODE_MISSING, Reason.STAFF_CODE_MALFORMED)
+JUDGED_VERDICTS = (Verdict.ACCEPT, Verdict.REJECT, Verdict.ACCEPT_EMERGENCY)
+
 
 def decision_size_class(lines: int) -> str:
     for bound, label in DECISION_SIZE_CLASSES:
@@ -30,18 +70,168 @@ def decision_size_class(lines: int) -> str:
     return DECISION_SIZE_LARGEST
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Bounds on label cardinality and on the staff-code window."""
+
+    # Institutions with their own label value; empty = the first ``institution_limit`` seen.
+    institutions: frozenset[str] = frozenset()
+    institution_limit: int = 500
+    # Lines per institution over which staff-code shares are computed, and how many codes
+    # (the busiest) are exposed with their share.
+    code_window: int = 2000
+    top_codes: int = 3
+    shapes: CodeShapes = DEFAULT_SHAPES
+
+
+class InstitutionLabels:
+    """Maps an institution code to its label value, keeping the number of values bounded."""
+
+    def __init__(self, config: MetricsConfig) -> None:
+        self.allowlist = config.institutions
+        self.limit = config.institution_limit
+        self.shapes = config.shapes
+        self._seen: set[str] = set()
+
+    def __call__(self, institution: str) -> str:
+        if self.allowlist:
+            return institution if institution in self.allowlist else OTHER_INSTITUTION
+        if institution in self._seen:
+            return institution
+        if len(self._seen) < self.limit and self.shapes.is_institution_code(institution):
+            self._seen.add(institution)
+            return institution
+        return OTHER_INSTITUTION
+
+
+@dataclass(frozen=True, slots=True)
+class _InstitutionChildren:
+    label: str
+    lines: dict[Verdict, Counter]
+    code_faults: dict[Reason, Counter]
+
+
+def redis_error_kind(exc: BaseException) -> str:
+    """A bounded label value for a failed store call."""
+    if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, redis.exceptions.ConnectionError | OSError):
+        return "connection"
+    if isinstance(exc, redis.exceptions.ResponseError):
+        return "response"
+    return "other"
+
+
+class RedisCallTimer:
+    """Times one store call; counts it as an error (by kind) if it raises."""
+
+    __slots__ = ("_errors", "_latency", "_started")
+
+    def __init__(self, latency: Histogram, errors: dict[str, Counter]) -> None:
+        self._latency = latency
+        self._errors = errors
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._latency.observe(time.perf_counter() - self._started)
+        if exc is not None and isinstance(exc, Exception):
+            self._errors[redis_error_kind(exc)].inc()
+
+
+class AmountLine(Protocol):
+    """What metrics need of a request line besides the parsed rule input."""
+
+    @property
+    def amount_fen(self) -> int: ...
+
+
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, config: MetricsConfig | None = None) -> None:
         self.registry = registry
-        self.lines = Counter(
-            "sgw_lines_total",
-            "Settlement lines judged, by verdict and reason.",
-            ["verdict", "reason"],
+        self.config = config or MetricsConfig()
+        self._declare_grpc(registry)
+        self._declare_domain(registry)
+        self._declare_redis(registry)
+        self.institution_label = InstitutionLabels(self.config)
+        self.code_shares = CodeShareTracker(self.config.code_window, self.config.top_codes)
+        # Pre-create every fixed label set so dashboards see zeros rather than gaps.
+        self._line_children = {(v, r): self.lines.labels(v.name, r.name) for v in Verdict for r in Reason}
+        self._amount_children = {
+            (v, refund): self.amount_fen.labels(v.name, "refund" if refund else "charge")
+            for v in JUDGED_VERDICTS
+            for refund in (False, True)
+        }
+        self._institution_children: dict[str, _InstitutionChildren] = {}
+        self._decision_children = {
+            label: self.decision_seconds.labels(label)
+            for label in (*(label for _, label in DECISION_SIZE_CLASSES), DECISION_SIZE_LARGEST)
+        }
+        self._redis_children = {
+            call: (
+                self.redis_seconds.labels(call),
+                {kind: self.redis_errors.labels(call, kind) for kind in REDIS_ERROR_KINDS},
+            )
+            for call in REDIS_CALLS
+        }
+
+    def _declare_grpc(self, registry: CollectorRegistry) -> None:
+        method = ["grpc_type", "grpc_service", "grpc_method"]
+        self.grpc_started = Counter(
+            "grpc_server_started_total", "Total number of RPCs started on the server.", method,
+            registry=registry,
+        )  # fmt: skip
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            [*method, "grpc_code"],
             registry=registry,
         )
-        self.data_as_of = Gauge(
-            "sgw_data_as_of_timestamp_seconds",
-            "Publish time of the data version being served.",
+        self.grpc_handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level "
+            "handled by the server.",
+            method,
+            buckets=GRPC_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.grpc_msg_received = Counter(
+            "grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.",
+            method, registry=registry,
+        )  # fmt: skip
+        self.grpc_msg_sent = Counter(
+            "grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.",
+            method, registry=registry,
+        )  # fmt: skip
+
+    def _declare_domain(self, registry: CollectorRegistry) -> None:
+        self.lines = Counter(
+            "sgw_lines_total", "Settlement lines judged, by verdict and reason.", ["verdict", "reason"],
+            registry=registry,
+        )  # fmt: skip
+        self.amount_fen = Counter(
+            "sgw_amount_fen_total",
+            "Sum of line amounts (fen, 0.01 CNY) judged, by verdict; refund lines (negative "
+            "amounts) are summed as positive values under direction=refund.",
+            ["verdict", "direction"],
+            registry=registry,
+        )
+        self.institution_lines = Counter(
+            "sgw_institution_lines_total",
+            "Settlement lines judged per institution, by verdict (ACCEPT_EMERGENCY = an emergency "
+            "override). Institutions beyond the configured bound are counted as 'other'.",
+            ["institution", "verdict"],
+            registry=registry,
+        )
+        self.institution_code_faults = Counter(
+            "sgw_institution_staff_code_invalid_lines_total",
+            "Lines per institution whose staff code was missing or malformed (004 §60 asks for "
+            ">= 95% prescription-physician match), whatever their verdict.",
+            ["institution", "reason"],
             registry=registry,
         )
         self.decision_seconds = Histogram(
@@ -52,20 +242,92 @@ class GatewayMetrics:
             buckets=DECISION_BUCKETS,
             registry=registry,
         )
-        self._decision_children = {
-            label: self.decision_seconds.labels(label)
-            for label in (*(label for _, label in DECISION_SIZE_CLASSES), DECISION_SIZE_LARGEST)
-        }
-        # Pre-create every label pair so dashboards see zeros rather than gaps.
-        self._line_children = {(v, r): self.lines.labels(v.name, r.name) for v in Verdict for r in Reason}
+        self.degraded = Counter(
+            "sgw_degraded_answers_total", "Settlements answered from data that was not live (degraded).",
+            registry=registry,
+        )  # fmt: skip
 
-    def observe_decisions(self, decisions: list[Decision]) -> None:
-        counts: dict[tuple[Verdict, Reason], int] = {}
-        for d in decisions:
-            key = (d.verdict, d.reason)
-            counts[key] = counts.get(key, 0) + 1
-        for key, n in counts.items():
-            self._line_children[key].inc(n)
+    def _declare_redis(self, registry: CollectorRegistry) -> None:
+        self.redis_seconds = Histogram(
+            "sgw_redis_call_seconds", "Latency of the gateway's Redis calls, by call.", ["call"],
+            buckets=REDIS_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.redis_errors = Counter(
+            "sgw_redis_errors_total", "Redis calls that failed, by call and kind of error.",
+            ["call", "error"], registry=registry,
+        )  # fmt: skip
 
     def observe_decision_time(self, lines: int, seconds: float) -> None:
         self._decision_children[decision_size_class(lines)].observe(seconds)
+
+    def redis_call(self, call: str) -> RedisCallTimer:
+        """A context manager timing one store call (``call`` is one of ``REDIS_CALLS``)."""
+        latency, errors = self._redis_children[call]
+        return RedisCallTimer(latency, errors)
+
+    def _children_for(self, institution: str) -> _InstitutionChildren:
+        children = self._institution_children.get(institution)
+        if children is None:
+            label = self.institution_label(institution)
+            children = _InstitutionChildren(
+                label=label,
+                lines={v: self.institution_lines.labels(label, v.name) for v in JUDGED_VERDICTS},
+                code_faults={
+                    r: self.institution_code_faults.labels(label, r.name) for r in STAFF_CODE_FAULTS
+                },
+            )
+            # Cache only institutions with their own label, so junk codes cannot grow the cache.
+            if label != OTHER_INSTITUTION:
+                self._institution_children[institution] = children
+        return children
+
+    def observe_settlement(
+        self,
+        institution: str,
+        lines: Sequence[Line],
+        messages: Iterable[AmountLine],
+        decisions: Sequence[Decision],
+        degraded: bool,
+    ) -> None:
+        """Count one judged settlement: ``lines`` parsed, ``messages`` as sent (for amounts)."""
+        by_outcome: dict[tuple[Verdict, Reason], int] = {}
+        amounts: dict[tuple[Verdict, bool], int] = {}
+        codes: dict[str, int] = {}
+        uncoded_items: list[str] = []
+        for line, message, decision in zip(lines, messages, decisions, strict=True):
+            key = (decision.verdict, decision.reason)
+            by_outcome[key] = by_outcome.get(key, 0) + 1
+            amount = message.amount_fen
+            if amount:
+                amount_key = (decision.verdict, amount < 0)
+                amounts[amount_key] = amounts.get(amount_key, 0) + abs(amount)
+            code = line.staff_code
+            if code:
+                codes[code] = codes.get(code, 0) + 1
+            if decision.reason is Reason.ITEM_CODE_MISSING:
+                # Reported before the staff code is checked: check it here for the match ratio.
+                uncoded_items.append(code)
+
+        children = self._children_for(institution)
+        by_verdict: dict[Verdict, int] = {}
+        faults: dict[Reason, int] = {}
+        line_children = self._line_children
+        for (verdict, reason), n in by_outcome.items():
+            line_children[verdict, reason].inc(n)
+            by_verdict[verdict] = by_verdict.get(verdict, 0) + n
+            if reason in STAFF_CODE_FAULTS:
+                faults[reason] = faults.get(reason, 0) + n
+        for code in uncoded_items:
+            if not code:
+                faults[Reason.STAFF_CODE_MISSING] = faults.get(Reason.STAFF_CODE_MISSING, 0) + 1
+            elif not self.config.shapes.is_staff_code(code):
+                faults[Reason.STAFF_CODE_MALFORMED] = faults.get(Reason.STAFF_CODE_MALFORMED, 0) + 1
+        for verdict, n in by_verdict.items():
+            children.lines[verdict].inc(n)
+        for reason, n in faults.items():
+            children.code_faults[reason].inc(n)
+        for amount_key, fen in amounts.items():
+            self._amount_children[amount_key].inc(fen)
+        if degraded:
+            self.degraded.inc()
+        self.code_shares.add(children.label, codes, len(decisions))

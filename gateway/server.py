@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -20,11 +22,14 @@ import redis.exceptions
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings
+from gateway.grpc_metrics import MetricsInterceptor
 from gateway.keys import Keys
 from gateway.metrics import GatewayMetrics
+from gateway.metrics_exposition import serve_metrics
+from gateway.metrics_state import ProcessState, StateCollector, state_file, write_state_file
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.redis_client import AsyncRedis, async_client
@@ -84,13 +89,22 @@ async def connect(url: str, timeout: float) -> AsyncRedis:
 
 
 class GatewayApp:
-    """gRPC server + store + metrics endpoint, started and stopped together."""
+    """gRPC server + store + metrics endpoint, started and stopped together.
 
-    def __init__(self, settings: Settings, redis_url: str) -> None:
+    With ``metrics_dir`` the app is one of several workers (see
+    ``gateway.metrics_exposition``): its metrics go to that shared directory and the
+    supervisor serves /metrics, so the app starts no HTTP server of its own.
+    """
+
+    def __init__(self, settings: Settings, redis_url: str, metrics_dir: Path | None = None) -> None:
         self.settings = settings
         self.redis_url = redis_url
+        self.metrics_dir = metrics_dir
         self.registry = CollectorRegistry()
-        self.metrics = GatewayMetrics(self.registry)
+        self.metrics = GatewayMetrics(self.registry, settings.metrics)
+        self.state = ProcessState()
+        if metrics_dir is None:
+            self.registry.register(StateCollector(lambda: [self.state], settings.metrics_top_codes))
         self.health = health_aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0
@@ -105,11 +119,13 @@ class GatewayApp:
 
     async def start(self) -> None:
         client = await connect(self.redis_url, self.settings.redis_timeout_seconds)
-        self.store = Store(client, Keys(self.settings.namespace))
+        self.store = Store(client, Keys(self.settings.namespace), self.metrics.redis_call)
         with contextlib.suppress(NoDataError):
             await self.store.refresh()
 
-        server = grpc.aio.server(options=self.grpc_options())
+        interceptor = MetricsInterceptor(self.metrics)
+        interceptor.initialize(pb.DESCRIPTOR.services_by_name["SettlementGateway"])
+        server = grpc.aio.server(interceptors=[interceptor], options=self.grpc_options())
         pb_grpc.add_SettlementGatewayServicer_to_server(
             SettlementGateway(self.store, self.settings, self.metrics), server
         )
@@ -128,7 +144,8 @@ class GatewayApp:
             raise StartupError(f"cannot listen on {self.settings.listen}: {exc}") from exc
         if self.port == 0:
             raise StartupError(f"cannot listen on {self.settings.listen}: address in use?")
-        self._start_metrics_http()
+        if self.metrics_dir is None:
+            self._start_metrics_http()
         await server.start()
         self._server = server
         await self._update_health()
@@ -137,9 +154,7 @@ class GatewayApp:
     def _start_metrics_http(self) -> None:
         host, port = split_host_port(self.settings.metrics_listen)
         try:
-            self._metrics_http, self._metrics_thread = start_http_server(
-                port, addr=host, registry=self.registry
-            )
+            self._metrics_http, self._metrics_thread = serve_metrics(host, port, self.registry)
         except OSError as exc:
             raise StartupError(f"cannot serve /metrics on {self.settings.metrics_listen}: {exc}") from exc
         self.metrics_port = self._metrics_http.server_port
@@ -156,8 +171,14 @@ class GatewayApp:
         )
         for name in HEALTH_SERVICES:
             await self.health.set(name, status)
-        if meta is not None:
-            self.metrics.data_as_of.set(meta.as_of)
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        """Refresh what the state gauges report (``gateway.metrics_state``)."""
+        assert self.store is not None
+        self.state = ProcessState.of(self.store.meta, self.metrics.code_shares.summaries())
+        if self.metrics_dir is not None:
+            write_state_file(self.metrics_dir, os.getpid(), self.state)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -181,6 +202,8 @@ class GatewayApp:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.metrics_dir is not None:
+            state_file(self.metrics_dir, os.getpid()).unlink(missing_ok=True)
         if self.store is not None:
             with contextlib.suppress(redis.exceptions.RedisError, OSError):
                 await self.store.client.aclose()

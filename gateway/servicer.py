@@ -60,7 +60,9 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             request, decisions, snapshot.meta.version, snapshot.meta.as_of, snapshot.degraded
         )
         self.metrics.observe_decision_time(len(decisions), time.perf_counter() - received)
-        self.metrics.observe_decisions(decisions)
+        self.metrics.observe_settlement(
+            parsed.institution_code, parsed.lines, request.lines, decisions, snapshot.degraded
+        )
         return response
 
     async def Validate(

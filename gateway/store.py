@@ -11,8 +11,10 @@ and needs no write permission.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -46,6 +48,13 @@ return out
 
 MAX_VERSION_CHASES = 3
 
+# Times one Redis call by name ("read", "live", "meta"); the gateway's metrics provide it.
+CallTimer = Callable[[str], AbstractContextManager[None]]
+
+
+def _untimed(call: str) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
 
 class NoDataError(RuntimeError):
     """No data version is live: nothing has been loaded yet."""
@@ -66,9 +75,10 @@ class Snapshot:
 class Store:
     """Reads records for requests and tracks the live version."""
 
-    def __init__(self, client: AsyncRedis, keys: Keys) -> None:
+    def __init__(self, client: AsyncRedis, keys: Keys, timed: CallTimer = _untimed) -> None:
         self.client = client
         self.keys = keys
+        self._timed = timed
         self._script = client.register_script(READ_SCRIPT)
         self._meta: VersionMeta | None = None
         self._meta_lock = asyncio.Lock()
@@ -80,7 +90,8 @@ class Store:
 
     async def refresh(self) -> VersionMeta | None:
         """Re-read the live pointer and, if it moved, the new version's metadata."""
-        live = await self.client.get(self.keys.live)
+        with self._timed("live"):
+            live = await self.client.get(self.keys.live)
         if live is None:
             self._meta = None
             return None
@@ -94,7 +105,8 @@ class Store:
             current = self._meta
             if current is not None and current.version == version:
                 return current
-            raw = await self.client.hgetall(self.keys.version_meta(version))
+            with self._timed("meta"):
+                raw = await self.client.hgetall(self.keys.version_meta(version))
             if not raw:
                 raise NoDataError(f"live version {version} has no metadata")
             meta = VersionMeta.from_hash(cast(dict[bytes, bytes], raw))
@@ -125,7 +137,8 @@ class Store:
         if meta is None:
             raise NoDataError("no data has been loaded")
         for _ in range(MAX_VERSION_CHASES):
-            reply = await self.fetch_raw(meta, institution, codes)
+            with self._timed("read"):
+                reply = await self.fetch_raw(meta, institution, codes)
             if len(reply) == 1:
                 if reply[0] is None:
                     self._meta = None
