@@ -14,6 +14,8 @@ Layout (``{ns}`` below is the hash-tagged namespace, e.g. ``{sgw}``):
 - ``{ns}:institution:<table>``  hash: institution code -> encoded institution record.
 - ``{ns}:department:<table>``   hash: institution code -> encoded department actions there.
 - ``{ns}:retired``           zset: tables no longer referenced, scored by retirement time.
+- ``{ns}:staging``           zset: tables being written by a publish, scored by start time
+                             (a killed loader's leftovers, removed by the next run).
 - ``{ns}:history``           list: version ids, newest first (provenance for disputes).
 - ``{ns}:lock``              string: the loader's publish lock (one writer at a time).
 - ``{ns}:published``         pub/sub channel: a new version id, for prompt pickup.
@@ -57,6 +59,10 @@ class Keys:
     @property
     def retired(self) -> str:
         return f"{self.prefix}:retired"
+
+    @property
+    def staging(self) -> str:
+        return f"{self.prefix}:staging"
 
     @property
     def history(self) -> str:

@@ -9,7 +9,7 @@ operator configured it (``n``).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -85,6 +85,21 @@ class StaffPeriod:
         return Period(self.status, self.start, self.end)
 
 
+# One staff period on the wire: institution, department, status, first day, last day.
+StaffPeriodTuple = tuple[str, str, int, int, int]
+
+
+def encode_staff(periods: Sequence[StaffPeriodTuple], category: str = "", name: str | None = None) -> bytes:
+    """The one staff record encoding. A plain function over tuples because the loader encodes a
+    million records per full export and building record objects first would double its time."""
+    doc: dict[str, object] = {"p": periods}  # orjson writes tuples and IntEnums as JSON
+    if category:
+        doc["c"] = category
+    if name:
+        doc["n"] = name
+    return orjson.dumps(doc)
+
+
 @dataclass(frozen=True, slots=True)
 class StaffRecord:
     """Every period of one staff code, at every institution (multi-site practice)."""
@@ -104,14 +119,11 @@ class StaffRecord:
         object.__setattr__(self, "cancellations", cancelled)
 
     def encode(self) -> bytes:
-        doc: dict[str, object] = {
-            "p": [[p.institution, p.department, int(p.status), p.start, p.end] for p in self.periods]
-        }
-        if self.category:
-            doc["c"] = self.category
-        if self.name:
-            doc["n"] = self.name
-        return orjson.dumps(doc)
+        return encode_staff(
+            [(p.institution, p.department, int(p.status), p.start, p.end) for p in self.periods],
+            self.category,
+            self.name,
+        )
 
     @classmethod
     def decode(cls, raw: bytes | str) -> StaffRecord:

@@ -23,7 +23,8 @@ from gateway.logs import setup_logging
 from gateway.redis_client import sync_client
 from loader.columns import KINDS, ColumnMapping
 from loader.demo import SCENARIOS, DemoSet, load_order
-from loader.publish import LockBusy, PublishConflict, Publisher
+from loader.lock import LockBusy
+from loader.publish import PublishConflict, Publisher, StagingError
 from loader.sync import Outcome, SyncOptions, SyncResult, sync_file
 
 log = logging.getLogger("loader")
@@ -131,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             result = sync_file(args.path, publisher, options)
             _print_result(result, args.json)
             return int(result.outcome)
-    except (EmbeddedRedisError, redis.exceptions.RedisError, LockBusy, PublishConflict, OSError) as exc:
+    except (
+        EmbeddedRedisError,
+        redis.exceptions.RedisError,
+        LockBusy,
+        PublishConflict,
+        StagingError,
+        OSError,
+    ) as exc:
         print(f"settlement-loader: {exc}", file=sys.stderr)
         return int(Outcome.FAILED)
 

@@ -13,6 +13,8 @@ _COMPACT = re.compile(r"(\d{4})(\d{2})(\d{2})")
 _EXCEL_EPOCH = dt.date(1899, 12, 30)
 # Excel serials between 1950 and 2100: anything else is not a plausible agreement date.
 _EXCEL_MIN, _EXCEL_MAX = 18264, 73051
+# Distinct date cells remembered by one DayCache (a full export has a few thousand).
+_CACHE_LIMIT = 200_000
 
 
 class DateError(ValueError):
@@ -28,16 +30,29 @@ def parse_day(text: str) -> int:
         try:
             return day_of_date(dt.date(year, month, day))
         except ValueError as exc:
-            raise DateError(f"不存在的日期 {value!r}") from exc
+            raise DateError("不存在的日期") from exc
     try:
         serial = float(value)
     except ValueError:
-        raise DateError(f"无法识别的日期 {value!r}") from None
+        raise DateError("无法识别的日期") from None
     if not (_EXCEL_MIN <= serial <= _EXCEL_MAX):
-        raise DateError(f"无法识别的日期 {value!r}")
+        raise DateError("无法识别的日期")
     return day_of_date(_EXCEL_EPOCH + dt.timedelta(days=int(serial)))
 
 
-def excel_serial_to_day(serial: float) -> int:
-    """For spreadsheet cells that arrive as numbers."""
-    return parse_day(repr(serial))
+class DayCache:
+    """``parse_day`` with memory: a million-row export repeats a few thousand dates, so each
+    distinct cell is parsed once and later rows cost one dict lookup (and share one int)."""
+
+    __slots__ = ("_days",)
+
+    def __init__(self) -> None:
+        self._days: dict[str, int] = {}
+
+    def __call__(self, text: str) -> int:
+        day = self._days.get(text)
+        if day is None:
+            day = parse_day(text)
+            if len(self._days) < _CACHE_LIMIT:
+                self._days[text] = day
+        return day

@@ -1,12 +1,20 @@
 """Write data versions into Redis without readers ever seeing half of one.
 
-Full export: the records go into a fresh staging table (with a TTL, so a killed loader
-leaves nothing behind for long), are verified, and one server-side script then checks that
-the live version is still the one we started from, writes the new version's metadata and
-moves ``live`` — atomically. The replaced table is retired and unlinked after a grace period.
+Full export: the records stream into a fresh staging table (registered in ``{ns}:staging``
+and given a TTL, so a killed loader's leftovers are found and unlinked by the next run) in
+pipelined batches of ``WRITE_BATCH`` fields — each HSET blocks Redis for about a
+millisecond, so the gateway keeps answering throughout. The table is then verified (field
+count and a sample of records read back) and one server-side script checks that the live
+version is still the one we started from, writes the new version's metadata and moves
+``live`` — atomically. The replaced table is retired and unlinked (UNLINK: freed off the
+main thread) after a grace period by a later run.
 
-Delta: the changed records, the new metadata and the ``live`` move are one script call on
-the live table, so the change is atomic per file.
+Delta: up to ``INPLACE_DELTA_MAX`` changed records are applied to the live table by one
+script that also moves ``live``, so the change is atomic per file and blocks Redis for a
+few milliseconds at most. A bigger delta (a province re-sending half its staff) would make
+that one script block Redis for seconds, so it is published copy-on-write instead: the
+live table is copied with HSCAN into a staging table, the changes applied there, and the
+result committed like a full export.
 
 All keys share the namespace hash tag (see ``gateway.keys``), so both scripts are
 single-slot and run unchanged on a Redis Cluster.
@@ -16,9 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import redis.exceptions
@@ -32,24 +39,34 @@ from gateway.keys import (
 )
 from gateway.redis_client import SyncRedis
 from gateway.versions import Source, VersionMeta, new_version_id
+from loader.lock import PublishLock
 
 log = logging.getLogger(__name__)
 
-WRITE_BATCH = 5000
-LOCK_TTL_SECONDS = 900
+# Fields per HSET: one command holds Redis for under a millisecond (measured: ~0.9 µs per
+# field), so gateway reads interleave with the publish.
+WRITE_BATCH = 1000
+# HSETs per round trip.
+PIPELINE_DEPTH = 16
+# Changed records a delta may apply in place with one script (a few ms of Redis time).
+INPLACE_DELTA_MAX = 5000
+READ_BATCH = 5000
+VERIFY_SAMPLE = 200
 MAX_SOURCES_PER_KIND = 200
 
-# Both commits: the new version's metadata never expires while live; the one it replaces
-# is kept VERSION_META_TTL_SECONDS for disputes.
-# KEYS: live, new meta, history, retired, new table, old table, previous meta
+# KEYS: live, new meta, history, retired, new table, old table, previous meta, staging
 # ARGV: expected live ('' none), new version, now, meta ttl, history length,
 #       retire old table (0/1), meta field/value pairs...
+# The new version's metadata never expires while live; the one it replaces is kept
+# VERSION_META_TTL_SECONDS for disputes.
 COMMIT_FULL = """
 local live = redis.call('GET', KEYS[1]) or ''
 if live ~= ARGV[1] then return redis.error_reply('CONFLICT live version is now ' .. live) end
+if redis.call('EXISTS', KEYS[5]) == 0 then return redis.error_reply('STAGING table vanished') end
 redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 if live ~= '' then redis.call('EXPIRE', KEYS[7], ARGV[4]) end
 redis.call('PERSIST', KEYS[5])
+redis.call('ZREM', KEYS[8], KEYS[5])
 if ARGV[6] == '1' then redis.call('ZADD', KEYS[4], ARGV[3], KEYS[6]) end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[2])
@@ -87,18 +104,15 @@ redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
 return 'OK'
 """
 
-RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+Progress = Callable[[int, int], None]
 
 
 class PublishConflict(RuntimeError):
     """Another writer changed the live version while this one was preparing."""
 
 
-class LockBusy(RuntimeError):
-    """Another loader holds the publish lock."""
+class StagingError(RuntimeError):
+    """The staged table did not read back as written; nothing was published."""
 
 
 def _flatten(mapping: Mapping[str, bytes]) -> list[Any]:
@@ -120,6 +134,14 @@ def _with_source(meta_sources: tuple[Source, ...], source: Source) -> tuple[Sour
     return tuple(kept)
 
 
+def _conflict_or_raise(exc: redis.exceptions.ResponseError) -> None:
+    if "CONFLICT" in str(exc):
+        raise PublishConflict(str(exc)) from exc
+    if "STAGING" in str(exc):
+        raise StagingError(f"{exc}: did it expire? (staging TTL {STAGING_TTL_SECONDS}s)") from exc
+    raise exc
+
+
 class Publisher:
     """The only writer of data versions."""
 
@@ -129,7 +151,7 @@ class Publisher:
         self.clock = clock
         self._commit_full = client.register_script(COMMIT_FULL)
         self._commit_delta = client.register_script(COMMIT_DELTA)
-        self._release = client.register_script(RELEASE_LOCK)
+        self._lock = PublishLock(client, keys.lock)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -140,15 +162,17 @@ class Publisher:
         raw = self.client.hgetall(self.keys.version_meta(cast(bytes, live).decode()))
         return VersionMeta.from_hash(cast(dict[bytes, bytes], raw)) if raw else None
 
-    def live_records(self, kind: str, ids: list[str]) -> dict[str, bytes | None]:
-        meta = self.live_meta()
+    def live_records(
+        self, kind: str, ids: list[str], meta: VersionMeta | None = None
+    ) -> dict[str, bytes | None]:
+        meta = meta or self.live_meta()
         table = meta.tables.get(kind) if meta else None
         if not table or not ids:
             return dict.fromkeys(ids)
         key = self.keys.table(kind, table)
         out: dict[str, bytes | None] = {}
-        for start in range(0, len(ids), WRITE_BATCH):
-            chunk = ids[start : start + WRITE_BATCH]
+        for start in range(0, len(ids), READ_BATCH):
+            chunk = ids[start : start + READ_BATCH]
             values = cast(list[bytes | None], self.client.hmget(key, chunk))
             out.update(zip(chunk, values, strict=True))
         return out
@@ -156,19 +180,20 @@ class Publisher:
     # -- locking ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self, wait_seconds: float = 30.0) -> Iterator[None]:
-        """One publisher at a time; a crashed holder's lock expires by itself."""
-        token = secrets.token_hex(8)
-        deadline = time.monotonic() + wait_seconds
-        while not self.client.set(self.keys.lock, token, nx=True, ex=LOCK_TTL_SECONDS):
-            if time.monotonic() >= deadline:
-                raise LockBusy("another settlement-loader is publishing; try again later")
-            time.sleep(0.2)
-        try:
+    def lock(self, wait_seconds: float = 60.0) -> Iterator[None]:
+        """One publisher at a time; also clears what a killed publisher left behind."""
+        with self._lock.held(wait_seconds):
+            self.remove_abandoned_staging()
             yield
-        finally:
-            with contextlib.suppress(redis.exceptions.RedisError):
-                self._release(keys=[self.keys.lock], args=[token])
+
+    def remove_abandoned_staging(self) -> int:
+        """Unlink staging tables of publishes that never committed (call with the lock held)."""
+        abandoned = cast(list[bytes], self.client.zrange(self.keys.staging, 0, -1))
+        for key in abandoned:
+            self.client.unlink(key.decode())
+            self.client.zrem(self.keys.staging, key)
+            log.warning("removed an unfinished publish's staging table", extra={"table": key.decode()})
+        return len(abandoned)
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -190,30 +215,60 @@ class Publisher:
             previous=base.version if base else "",
         )
 
-    def publish_full(
-        self,
-        kind: str,
-        records: Mapping[str, bytes],
-        source: Source,
-        base: VersionMeta | None,
-        progress: Callable[[int], None] | None = None,
+    def _stage(
+        self, kind: str, records: Iterable[tuple[str, bytes]], total: int, progress: Progress | None
+    ) -> tuple[str, int, dict[str, bytes]]:
+        """Write ``records`` into a new staging table; returns its id, the number of fields
+        sent and a sample of them for verification."""
+        table_id = new_version_id(self.clock())
+        key = self.keys.table(kind, table_id)
+        self.client.zadd(self.keys.staging, {key: self.clock()})
+        sent = 0
+        sample: dict[str, bytes] = {}
+        every = max(1, total // VERIFY_SAMPLE)
+        pipe = self.client.pipeline(transaction=False)
+        queued = 0
+        args: list[Any] = []
+        for field, value in records:
+            args.append(field)
+            args.append(value)
+            if sent % every == 0:
+                sample[field] = value
+            sent += 1
+            if len(args) >= 2 * WRITE_BATCH:
+                pipe.execute_command("HSET", key, *args)
+                args = []
+                queued += 1
+                if queued >= PIPELINE_DEPTH:
+                    pipe.expire(key, STAGING_TTL_SECONDS)
+                    pipe.execute()
+                    queued = 0
+                    if progress is not None:
+                        progress(sent, total)
+        if args:
+            pipe.execute_command("HSET", key, *args)
+        pipe.expire(key, STAGING_TTL_SECONDS)
+        pipe.execute()
+        if progress is not None:
+            progress(sent, total)
+        return table_id, sent, sample
+
+    def _verify(self, kind: str, table_id: str, expected: int, sample: Mapping[str, bytes]) -> None:
+        key = self.keys.table(kind, table_id)
+        staged = self.client.hlen(key)
+        if staged != expected:
+            raise StagingError(f"staging verification failed: expected {expected} records, found {staged}")
+        if sample:
+            back = cast(list[bytes | None], self.client.hmget(key, list(sample)))
+            wrong = [f for f, got in zip(sample, back, strict=True) if got != sample[f]]
+            if wrong:
+                raise StagingError(f"staging verification failed: {len(wrong)} sampled records differ")
+
+    def _commit_staged(
+        self, kind: str, table_id: str, count: int, source: Source, base: VersionMeta | None
     ) -> VersionMeta:
-        """Stage ``records`` as the new ``kind`` table and make it live atomically."""
-        table_id = f"{new_version_id(self.clock())}"
         table_key = self.keys.table(kind, table_id)
-        items = list(records.items())
-        for start in range(0, len(items), WRITE_BATCH):
-            batch = dict(items[start : start + WRITE_BATCH])
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(table_key, mapping=batch)  # type: ignore[arg-type]
-            pipe.expire(table_key, STAGING_TTL_SECONDS)
-            pipe.execute()
-            if progress is not None:
-                progress(len(batch))
-        staged = self.client.hlen(table_key)
-        if staged != len(records):
-            raise RuntimeError(f"staging verification failed: wrote {len(records)} records, found {staged}")
-        meta = self._next_meta(base, kind, table_id, len(records), source)
+        meta = self._next_meta(base, kind, table_id, count, source)
         old_table = base.tables.get(kind) if base else None
         old_key = self.keys.table(kind, old_table) if old_table else table_key
         try:
@@ -226,6 +281,7 @@ class Publisher:
                     table_key,
                     old_key,
                     self._previous_meta_key(base, meta),
+                    self.keys.staging,
                 ],
                 args=[
                     base.version if base else "",
@@ -238,29 +294,69 @@ class Publisher:
                 ],
             )
         except redis.exceptions.ResponseError as exc:
-            self.client.unlink(table_key)
-            if "CONFLICT" in str(exc):
-                raise PublishConflict(str(exc)) from exc
-            raise
+            self._discard(table_key)
+            _conflict_or_raise(exc)
         self._announce(meta)
         return meta
+
+    def _discard(self, table_key: str) -> None:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            self.client.unlink(table_key)
+            self.client.zrem(self.keys.staging, table_key)
+
+    def publish_full(
+        self,
+        kind: str,
+        records: Iterable[tuple[str, bytes]],
+        source: Source,
+        base: VersionMeta | None,
+        total: int = 0,
+        progress: Progress | None = None,
+    ) -> VersionMeta:
+        """Stage ``records`` (a stream of key, encoded record) as the new ``kind`` table and
+        make it live atomically. ``total`` (the expected number) only drives ``progress``."""
+        table_id, sent, sample = self._stage(kind, records, total, progress)
+        try:
+            self._verify(kind, table_id, sent, sample)
+        except StagingError:
+            self._discard(self.keys.table(kind, table_id))
+            raise
+        return self._commit_staged(kind, table_id, sent, source, base)
 
     def publish_delta(
         self,
         kind: str,
         changes: Mapping[str, bytes | None],
+        live: Mapping[str, bytes | None],
+        source: Source,
+        base: VersionMeta | None,
+        progress: Progress | None = None,
+    ) -> VersionMeta:
+        """Apply ``changes`` (None = remove) atomically; ``live`` holds the current record
+        of every changed key (None if absent), for the new count."""
+        added = sum(1 for k, v in changes.items() if v is not None and live.get(k) is None)
+        removed = sum(1 for k, v in changes.items() if v is None and live.get(k) is not None)
+        live_table = base.tables.get(kind) if base else None
+        if len(changes) > INPLACE_DELTA_MAX:
+            return self._publish_delta_copy(
+                kind, live_table, changes, added - removed, source, base, progress
+            )
+        count = (base.counts.get(kind, 0) if base else 0) + added - removed
+        return self._publish_delta_inplace(kind, live_table, changes, count, source, base)
+
+    def _publish_delta_inplace(
+        self,
+        kind: str,
+        live_table: str | None,
+        changes: Mapping[str, bytes | None],
+        count: int,
         source: Source,
         base: VersionMeta | None,
     ) -> VersionMeta:
-        """Apply ``changes`` (None = remove) to the live ``kind`` table in one atomic step."""
-        table_id = (base.tables.get(kind) if base else None) or new_version_id(self.clock())
+        table_id = live_table or new_version_id(self.clock())
         upserts = {k: v for k, v in changes.items() if v is not None}
         deletes = [k for k, v in changes.items() if v is None]
-        live_count = base.counts.get(kind, 0) if base else 0
-        existing = self.live_records(kind, list(changes)) if base and base.tables.get(kind) else {}
-        added = sum(1 for k in upserts if existing.get(k) is None)
-        removed = sum(1 for k in deletes if existing.get(k) is not None)
-        meta = self._next_meta(base, kind, table_id, live_count + added - removed, source)
+        meta = self._next_meta(base, kind, table_id, count, source)
         meta_args = _flatten(meta.to_hash())
         upsert_args = _flatten(upserts)
         try:
@@ -285,11 +381,48 @@ class Publisher:
                 ],
             )
         except redis.exceptions.ResponseError as exc:
-            if "CONFLICT" in str(exc):
-                raise PublishConflict(str(exc)) from exc
-            raise
+            _conflict_or_raise(exc)
         self._announce(meta)
         return meta
+
+    def _publish_delta_copy(
+        self,
+        kind: str,
+        live_table: str | None,
+        changes: Mapping[str, bytes | None],
+        growth: int,
+        source: Source,
+        base: VersionMeta | None,
+        progress: Progress | None,
+    ) -> VersionMeta:
+        log.info("large delta: publishing copy-on-write", extra={"changes": len(changes), "kind": kind})
+        live_key = self.keys.table(kind, live_table) if live_table else None
+        count = (int(self.client.hlen(live_key)) if live_key else 0) + growth
+
+        def merged() -> Iterator[tuple[str, bytes]]:
+            cursor = 0
+            while live_key is not None:
+                cursor, chunk = cast(
+                    tuple[int, dict[bytes, bytes]], self.client.hscan(live_key, cursor, count=READ_BATCH)
+                )
+                for raw_field, value in chunk.items():
+                    field = raw_field.decode()
+                    if field not in changes:
+                        yield field, value
+                if cursor == 0:
+                    break
+            for field, new in changes.items():
+                if new is not None:
+                    yield field, new
+
+        table_id, _, sample = self._stage(kind, merged(), count, progress)
+        try:
+            # HSCAN may return a field twice; HSET makes that harmless and the count exact.
+            self._verify(kind, table_id, count, sample)
+        except StagingError:
+            self._discard(self.keys.table(kind, table_id))
+            raise
+        return self._commit_staged(kind, table_id, count, source, base)
 
     def _previous_meta_key(self, base: VersionMeta | None, meta: VersionMeta) -> str:
         # With no previous version the script ignores this key; it must still be in the slot.

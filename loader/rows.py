@@ -1,32 +1,35 @@
 """Validate export rows one by one: a typed entry, or a ``RowError`` saying which line, which
 column and why. Pure: no I/O, so every kind of bad row has a unit test.
 
-ID numbers (证件号码) are never read into an entry; names only when the operator asked.
+A validator is compiled for one header row (column positions are looked up once, not per
+row) because a national export has a million rows and this is the loader's inner loop.
+Entries are named tuples for the same reason. ID numbers (证件号码) are never read into an
+entry; names only when the operator asked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from gateway.codes import CodeShapes
 from gateway.days import OPEN_END
 from gateway.records import Status
 from loader import columns as col
 from loader.columns import ColumnMapping
-from loader.dates import DateError, parse_day
+from loader.dates import DateError, DayCache
+
+WHOLE_ROW = "(整行)"
 
 
-@dataclass(frozen=True, slots=True)
-class RowError:
+class RowError(NamedTuple):
     line: int
     column: str
     reason: str
     value: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StaffEntry:
+class StaffEntry(NamedTuple):
     line: int
     code: str
     institution: str  # empty only on a 删除 row: every institution
@@ -38,8 +41,7 @@ class StaffEntry:
     name: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class InstitutionEntry:
+class InstitutionEntry(NamedTuple):
     line: int
     code: str
     name: str
@@ -49,8 +51,7 @@ class InstitutionEntry:
     end: int
 
 
-@dataclass(frozen=True, slots=True)
-class DepartmentEntry:
+class DepartmentEntry(NamedTuple):
     line: int
     institution: str
     department: str
@@ -68,107 +69,146 @@ class _Invalid(Exception):
         self.error = (column, reason, value)
 
 
-@dataclass(frozen=True)
 class RowValidator:
-    """Checks rows of one file kind against the code shapes and status vocabulary."""
+    """Checks the rows of one file (one kind, one header row) against the code shapes and the
+    status vocabulary in force."""
 
-    kind: str
-    shapes: CodeShapes
-    mapping: ColumnMapping
-    delta: bool = False
-    keep_names: bool = False
+    def __init__(
+        self,
+        kind: str,
+        headers: Sequence[str],
+        shapes: CodeShapes,
+        mapping: ColumnMapping,
+        delta: bool = False,
+        keep_names: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.delta = delta
+        self.keep_names = keep_names
+        self._width = len(headers)
+        # Column positions by canonical name; an absent optional column reads the empty cell
+        # ``check`` appends after the last one.
+        at = {name: i for i, name in enumerate(headers) if name}
+        self._status_at = at.get(col.STATUS, len(headers))
+        self._start_at = at.get(col.START, len(headers))
+        self._end_at = at.get(col.END, len(headers))
+        self._institution_at = at.get(col.INSTITUTION, len(headers))
+        self._code_at = at.get(col.CODE, len(headers))
+        self._category_at = at.get(col.CATEGORY, len(headers))
+        self._name_at = at.get(col.NAME, len(headers))
+        self._department_at = at.get(col.DEPARTMENT, len(headers))
+        self._institution_name_at = at.get(col.INSTITUTION_NAME, len(headers))
+        self._region_at = at.get(col.REGION, len(headers))
+        self._is_staff_code = shapes.staff.fullmatch
+        self._is_institution_code = shapes.institution.fullmatch
+        self._statuses = dict(mapping.statuses)
+        self._day = DayCache()
+        checks: dict[str, Callable[[int, list[str]], Entry]] = {
+            "staff": self._staff,
+            "institution": self._institution,
+            "department": self._department,
+        }
+        self._check = checks[kind]
 
-    def validate(self, line: int, row: Mapping[str, str]) -> Entry | RowError:
+    def check(self, line: int, cells: list[str]) -> Entry | RowError:
+        """The entry of one data row (``cells`` as read, in header order), or why not."""
+        if len(cells) != self._width:
+            if len(cells) > self._width:
+                extra = [c for c in cells[self._width :] if c.strip()]
+                if extra:
+                    return RowError(
+                        line, WHOLE_ROW, f"本行有 {len(cells)} 列，多于表头的 {self._width} 列", extra[0]
+                    )
+                cells = cells[: self._width]
+            else:
+                cells = cells + [""] * (self._width - len(cells))
+        cells.append("")  # the cell of every absent optional column
         try:
-            if self.kind == "staff":
-                return self._staff(line, row)
-            if self.kind == "institution":
-                return self._institution(line, row)
-            return self._department(line, row)
+            return self._check(line, cells)
         except _Invalid as bad:
             column, reason, value = bad.error
             return RowError(line, column, reason, value)
 
     # -- fields -------------------------------------------------------------------------
 
-    def _status(self, row: Mapping[str, str]) -> Status | None:
-        text = row.get(col.STATUS, "").strip()
+    def _status(self, cells: list[str]) -> Status | None:
+        text = cells[self._status_at].strip()
+        status = self._statuses.get(text)
+        if status is not None:
+            return status
         if not text:
             raise _Invalid(col.STATUS, "协议状态为空")
         if text == col.DELETE:
             if not self.delta:
                 raise _Invalid(col.STATUS, "全量文件中不能出现“删除”，删除只用于增量文件（--delta）", text)
             return None
-        status = self.mapping.statuses.get(text)
-        if status is None:
-            raise _Invalid(col.STATUS, "无法识别的协议状态", text)
-        return status
+        raise _Invalid(col.STATUS, "无法识别的协议状态", text)
 
-    def _period(self, row: Mapping[str, str], status: Status | None) -> tuple[int, int]:
+    def _period(self, cells: list[str], status: Status | None) -> tuple[int, int]:
         if status is None:  # 删除: dates are ignored
             return 0, OPEN_END
-        start_text = row.get(col.START, "").strip()
+        start_text = cells[self._start_at].strip()
         if not start_text:
             raise _Invalid(col.START, "开始日期为空")
         try:
-            start = parse_day(start_text)
+            start = self._day(start_text)
         except DateError as exc:
             raise _Invalid(col.START, str(exc), start_text) from None
-        end_text = row.get(col.END, "").strip()
+        end_text = cells[self._end_at].strip()
         if not end_text:
             return start, OPEN_END
         try:
-            end = parse_day(end_text)
+            end = self._day(end_text)
         except DateError as exc:
             raise _Invalid(col.END, str(exc), end_text) from None
         if end < start:
             raise _Invalid(col.END, "结束日期早于开始日期", end_text)
         return start, end
 
-    def _institution_code(self, row: Mapping[str, str], required: bool = True) -> str:
-        code = row.get(col.INSTITUTION, "").strip()
+    def _institution_code(self, cells: list[str], required: bool = True) -> str:
+        code = cells[self._institution_at].strip()
         if not code:
             if required:
                 raise _Invalid(col.INSTITUTION, "定点机构代码为空")
             return ""
-        if not self.shapes.is_institution_code(code):
+        if self._is_institution_code(code) is None:
             raise _Invalid(col.INSTITUTION, "定点机构代码不符合国家编码规则", code)
         return code
 
     # -- kinds --------------------------------------------------------------------------
 
-    def _staff(self, line: int, row: Mapping[str, str]) -> StaffEntry:
-        code = row.get(col.CODE, "").strip()
+    def _staff(self, line: int, cells: list[str]) -> StaffEntry:
+        code = cells[self._code_at].strip()
         if not code:
             raise _Invalid(col.CODE, "人员代码为空")
-        if not self.shapes.is_staff_code(code):
+        if self._is_staff_code(code) is None:
             raise _Invalid(col.CODE, "人员代码不符合国家编码规则", code)
-        status = self._status(row)
-        institution = self._institution_code(row, required=status is not None)
-        start, end = self._period(row, status)
-        category = row.get(col.CATEGORY, "").strip().removeprefix("医保")
+        status = self._status(cells)
+        institution = self._institution_code(cells, required=status is not None)
+        start, end = self._period(cells, status)
+        category = cells[self._category_at].strip()
         if category and category not in col.STAFF_CATEGORIES:
-            raise _Invalid(col.CATEGORY, "无法识别的人员类别", category)
-        name = row.get(col.NAME, "").strip() if self.keep_names else None
-        return StaffEntry(
-            line, code, institution, row.get(col.DEPARTMENT, "").strip(),
-            status, start, end, category, name or None,
-        )  # fmt: skip
+            category = category.removeprefix("医保")
+            if category not in col.STAFF_CATEGORIES:
+                raise _Invalid(col.CATEGORY, "无法识别的人员类别", category)
+        name = cells[self._name_at].strip() or None if self.keep_names else None
+        department = cells[self._department_at].strip()
+        return StaffEntry(line, code, institution, department, status, start, end, category, name)
 
-    def _institution(self, line: int, row: Mapping[str, str]) -> InstitutionEntry:
-        code = self._institution_code(row)
-        status = self._status(row)
-        start, end = self._period(row, status)
+    def _institution(self, line: int, cells: list[str]) -> InstitutionEntry:
+        code = self._institution_code(cells)
+        status = self._status(cells)
+        start, end = self._period(cells, status)
         return InstitutionEntry(
-            line, code, row.get(col.INSTITUTION_NAME, "").strip(),
-            row.get(col.REGION, "").strip(), status, start, end,
+            line, code, cells[self._institution_name_at].strip(),
+            cells[self._region_at].strip(), status, start, end,
         )  # fmt: skip
 
-    def _department(self, line: int, row: Mapping[str, str]) -> DepartmentEntry:
-        institution = self._institution_code(row)
-        department = row.get(col.DEPARTMENT, "").strip()
+    def _department(self, line: int, cells: list[str]) -> DepartmentEntry:
+        institution = self._institution_code(cells)
+        department = cells[self._department_at].strip()
         if not department:
             raise _Invalid(col.DEPARTMENT, "科室编码为空")
-        status = self._status(row)
-        start, end = self._period(row, status)
+        status = self._status(cells)
+        start, end = self._period(cells, status)
         return DepartmentEntry(line, institution, department, status, start, end)

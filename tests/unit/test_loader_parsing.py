@@ -114,8 +114,8 @@ def test_mapping_file_adds_a_province(tmp_path: Path) -> None:
 
 
 def validate(row: list[str], delta: bool = False, keep_names: bool = False) -> StaffEntry | RowError:
-    validator = RowValidator("staff", DEFAULT_SHAPES, ColumnMapping(), delta, keep_names)
-    result = validator.validate(7, dict(zip(HEADERS["staff"], row, strict=True)))
+    validator = RowValidator("staff", HEADERS["staff"], DEFAULT_SHAPES, ColumnMapping(), delta, keep_names)
+    result = validator.check(7, list(row))
     assert isinstance(result, StaffEntry | RowError)
     return result
 
@@ -186,7 +186,9 @@ def test_full_records_group_periods_per_person() -> None:
 def test_delta_replaces_everything_of_a_mentioned_person() -> None:
     live = build.full_records("staff", entries(staff_row(), staff_row(institution="H33090300021")))
     changes = build.delta_records(
-        "staff", entries(staff_row(status="中止", start="2026-03-01", end="2026-05-31"), delta=True), live
+        "staff",
+        build.grouped(entries(staff_row(status="中止", start="2026-03-01", end="2026-05-31"), delta=True)),
+        live,
     )
     record = StaffRecord.decode(changes["D330902001234"] or b"")
     assert [(p.institution, p.status) for p in record.periods] == [("H33090200017", Status.SUSPENDED)]
@@ -194,10 +196,12 @@ def test_delta_replaces_everything_of_a_mentioned_person() -> None:
 
 def test_delta_delete_at_one_or_every_institution() -> None:
     live = build.full_records("staff", entries(staff_row(), staff_row(institution="H33090300021")))
-    one = build.delta_records("staff", entries(staff_row(status="删除", start=""), delta=True), live)
+    one = build.delta_records(
+        "staff", build.grouped(entries(staff_row(status="删除", start=""), delta=True)), live
+    )
     record = StaffRecord.decode(one["D330902001234"] or b"")
     assert list(record.by_institution) == ["H33090300021"]
     every = build.delta_records(
-        "staff", entries(staff_row(status="删除", institution="", start=""), delta=True), live
+        "staff", build.grouped(entries(staff_row(status="删除", institution="", start=""), delta=True)), live
     )
     assert every == {"D330902001234": None}
