@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from gateway.cache import DEFAULT_MAX_ENTRIES
 from gateway.codes import DEFAULT_INSTITUTION_CODE_PATTERN, DEFAULT_STAFF_CODE_PATTERN, CodeShapes
 from gateway.keys import DEFAULT_NAMESPACE
 from gateway.loops import DEFAULT_EVENT_LOOP, parse_event_loop
 from gateway.metrics import MetricsConfig
+from gateway.outage import OutagePolicy, parse_outage_policy
 from gateway.rules import DEFAULT_EMERGENCY_MED_TYPES, RulesConfig
 
 T = TypeVar("T")
@@ -110,6 +112,32 @@ class Settings:
     # lines; the ``metrics_top_codes`` busiest codes are exposed with their share.
     metrics_code_window: int = 2000
     metrics_top_codes: int = 3
+    # -- Redis outages (gateway/outage.py, gateway/cache.py, gateway/breaker.py) --
+    # refuse: UNAVAILABLE, HIS runs its emergency procedure (004 §58); see the README.
+    outage_policy: OutagePolicy = OutagePolicy.REFUSE
+    # Cached records answer (degraded) for this long after their version was last seen live.
+    degraded_max_age_seconds: float = 600.0
+    cache_entries: int = DEFAULT_MAX_ENTRIES
+    # After this many consecutive failed Redis calls, fail fast for breaker_reset_seconds.
+    breaker_failures: int = 3
+    breaker_reset_seconds: float = 1.0
+    # -- limits --
+    # Calls being handled at once; more get RESOURCE_EXHAUSTED at once instead of queueing.
+    max_concurrent_rpcs: int = 1000
+    # Concurrent calls on one HTTP/2 connection.
+    max_concurrent_streams: int = 100
+    # -- mTLS (gateway/auth.py): all three files, or none --
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # TOML mapping client-certificate identity -> institution codes it may validate.
+    tls_clients: Path | None = None
+    # -- audit trail (gateway/audit.py) --
+    audit: bool = True
+    # Approximate cap of the audit stream (entries); each is ~250 bytes in Redis.
+    audit_max_entries: int = 5_000_000
+    # Audit records waiting to be written; beyond it they are dropped and counted.
+    audit_queue_lines: int = 200_000
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -164,6 +192,27 @@ class Settings:
             raise ConfigError(str(exc)) from exc
         if self.max_lines <= 0:
             raise ConfigError(f"max_lines must be positive, got {self.max_lines}")
+        tls = {
+            "SGW_TLS_CERT": self.tls_cert,
+            "SGW_TLS_KEY": self.tls_key,
+            "SGW_TLS_CLIENT_CA": self.tls_client_ca,
+        }
+        given = [name for name, value in tls.items() if value is not None]
+        if given and len(given) != len(tls):
+            missing = ", ".join(name for name in tls if name not in given)
+            raise ConfigError(
+                f"mTLS needs a server certificate, its key and the client CA: {missing} not set"
+            )
+        if given and self.tls_clients is None:
+            raise ConfigError("mTLS needs SGW_TLS_CLIENTS, the identity -> institutions mapping file")
+        if self.tls_clients is not None and not given:
+            raise ConfigError(
+                "SGW_TLS_CLIENTS is set but TLS is not (SGW_TLS_CERT, SGW_TLS_KEY, SGW_TLS_CLIENT_CA)"
+            )
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
 
 
 def _cast(var: str, raw: str, cast: Callable[[str], T]) -> T:
@@ -194,4 +243,18 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "metrics_institution_limit": ("SGW_METRICS_INSTITUTION_LIMIT", parse_positive_int),
     "metrics_code_window": ("SGW_METRICS_CODE_WINDOW", parse_positive_int),
     "metrics_top_codes": ("SGW_METRICS_TOP_CODES", parse_positive_int),
+    "outage_policy": ("SGW_OUTAGE_POLICY", parse_outage_policy),
+    "degraded_max_age_seconds": ("SGW_DEGRADED_MAX_AGE", parse_positive_float),
+    "cache_entries": ("SGW_CACHE_ENTRIES", parse_positive_int),
+    "breaker_failures": ("SGW_BREAKER_FAILURES", parse_positive_int),
+    "breaker_reset_seconds": ("SGW_BREAKER_RESET", parse_positive_float),
+    "max_concurrent_rpcs": ("SGW_MAX_CONCURRENT_RPCS", parse_positive_int),
+    "max_concurrent_streams": ("SGW_MAX_CONCURRENT_STREAMS", parse_positive_int),
+    "tls_cert": ("SGW_TLS_CERT", Path),
+    "tls_key": ("SGW_TLS_KEY", Path),
+    "tls_client_ca": ("SGW_TLS_CLIENT_CA", Path),
+    "tls_clients": ("SGW_TLS_CLIENTS", Path),
+    "audit": ("SGW_AUDIT", parse_bool),
+    "audit_max_entries": ("SGW_AUDIT_MAX_ENTRIES", parse_positive_int),
+    "audit_queue_lines": ("SGW_AUDIT_QUEUE", parse_positive_int),
 }

@@ -19,6 +19,8 @@ Layout (``{ns}`` below is the hash-tagged namespace, e.g. ``{sgw}``):
 - ``{ns}:history``           list: version ids, newest first (provenance for disputes).
 - ``{ns}:lock``              string: the loader's publish lock (one writer at a time).
 - ``{ns}:published``         pub/sub channel: a new version id, for prompt pickup.
+- ``{ns}:audit``             stream: audited lines (rejections, exemptions, outage payments),
+                             capped; written by the gateway, the only key it writes.
 
 A version never changes once readers can see it, except by one MULTI/EXEC that also moves
 ``live``: readers pass the version they expect and the read script refuses a mismatch, so a
@@ -71,6 +73,10 @@ class Keys:
     @property
     def lock(self) -> str:
         return f"{self.prefix}:lock"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}:audit"
 
     @property
     def published_channel(self) -> str:

@@ -246,6 +246,15 @@ class GatewayMetrics:
             "sgw_degraded_answers_total", "Settlements answered from data that was not live (degraded).",
             registry=registry,
         )  # fmt: skip
+        self.audit_records = Counter(
+            "sgw_audit_records_total",
+            "Audit records (rejected, exempted or outage-paid lines): written, or dropped "
+            "because the queue was full while Redis was unreachable.",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("written", "dropped"):
+            self.audit_records.labels(result)
 
     def _declare_redis(self, registry: CollectorRegistry) -> None:
         self.redis_seconds = Histogram(

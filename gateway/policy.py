@@ -157,3 +157,8 @@ RULE_BY_REASON: Mapping[Reason, RuleSpec] = {spec.reason: spec for spec in RULES
 # Prefix of an exempted line's detail: it was paid, and the agency will audit it.
 EMERGENCY_DETAIL_PREFIX = "急诊、抢救费用按规定予以支付并纳入稽核（本应："
 EMERGENCY_DETAIL_SUFFIX = "）"
+
+# When the data store is down and the outage policy is ``accept-flagged``, lines the gateway
+# has no data for are paid under the emergency plan for system failures (004 §58) and audited.
+OUTAGE_ARTICLE = f"{NANTONG} 第五十八条（应急预案）"
+OUTAGE_DETAIL = "医保结算数据暂不可用，按信息系统故障应急预案先行支付，事后纳入稽核。"

@@ -211,6 +211,11 @@ def decide(line: Line, evidence: Evidence, config: RulesConfig) -> Decision:
     finding = first_finding(line, evidence, config)
     if finding is None:
         return ACCEPTED
+    return decision_for(finding, line, evidence)
+
+
+def decision_for(finding: Finding, line: Line, evidence: Evidence) -> Decision:
+    """The verdict a finding leads to: rejected, or paid under the emergency exemption."""
     reason = finding[0]
     spec = RULE_BY_REASON[reason]
     detail = _detail(finding, line, evidence)

@@ -24,6 +24,10 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from gateway.audit import AuditLog
+from gateway.auth import AccessMap, AccessMapError, Authorizer, server_credentials
+from gateway.breaker import CircuitBreaker
+from gateway.cache import RecordCache
 from gateway.config import Settings
 from gateway.grpc_metrics import MetricsInterceptor
 from gateway.keys import Keys
@@ -31,10 +35,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.metrics_exposition import serve_metrics
 from gateway.metrics_state import ProcessState, StateCollector, state_file, write_state_file
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
-from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.redis_client import AsyncRedis, async_client
-from gateway.servicer import STORE_ERRORS, SettlementGateway
-from gateway.store import NoDataError, Store
+from gateway.servicer import SettlementGateway, add_to_server
+from gateway.store import STORE_ERRORS, NoDataError, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ def server_options(settings: Settings, reuseport: bool = False) -> list[tuple[st
         # A second gateway on a taken port must fail, not silently share it; only the
         # workers of one ``serve --workers N`` share a port (the supervisor checked it first).
         ("grpc.so_reuseport", int(reuseport)),
+        # One connection cannot hold more than this many calls open at once.
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
     ]
 
 
@@ -109,6 +114,7 @@ class GatewayApp:
         self.port = 0
         self.metrics_port = 0
         self.store: Store | None = None
+        self.audit: AuditLog | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_http: WSGIServer | None = None
         self._metrics_thread: threading.Thread | None = None
@@ -117,18 +123,60 @@ class GatewayApp:
     def grpc_options(self) -> list[tuple[str, int]]:
         return server_options(self.settings)
 
+    def _authorizer(self) -> Authorizer | None:
+        if not self.settings.tls_enabled:
+            return None
+        assert self.settings.tls_clients is not None
+        try:
+            return Authorizer(AccessMap.load(self.settings.tls_clients))
+        except AccessMapError as exc:
+            raise StartupError(f"cannot read the mTLS client mapping: {exc}") from exc
+
+    def _add_port(self, server: grpc.aio.Server) -> int:
+        s = self.settings
+        try:
+            if s.tls_cert is None:
+                return server.add_insecure_port(s.listen)
+            assert s.tls_key is not None and s.tls_client_ca is not None
+            try:
+                credentials = server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
+            except OSError as exc:
+                raise StartupError(f"cannot read the TLS files: {exc}") from exc
+            return server.add_secure_port(s.listen, credentials)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {s.listen}: {exc}") from exc
+
     async def start(self) -> None:
-        client = await connect(self.redis_url, self.settings.redis_timeout_seconds)
-        self.store = Store(client, Keys(self.settings.namespace), self.metrics.redis_call)
+        s = self.settings
+        authorizer = self._authorizer()
+        client = await connect(self.redis_url, s.redis_timeout_seconds)
+        self.store = Store(
+            client,
+            Keys(s.namespace),
+            self.metrics.redis_call,
+            cache=RecordCache(s.cache_entries),
+            breaker=CircuitBreaker(s.breaker_failures, s.breaker_reset_seconds),
+            outage_policy=s.outage_policy,
+            degraded_max_age_seconds=s.degraded_max_age_seconds,
+        )
         with contextlib.suppress(NoDataError):
             await self.store.refresh()
+        if s.audit:
+            self.audit = AuditLog(
+                client, Keys(s.namespace), self.metrics, s.audit_max_entries, s.audit_queue_lines
+            )
+            self.audit.start()
 
         interceptor = MetricsInterceptor(self.metrics)
         interceptor.initialize(pb.DESCRIPTOR.services_by_name["SettlementGateway"])
-        server = grpc.aio.server(interceptors=[interceptor], options=self.grpc_options())
-        pb_grpc.add_SettlementGatewayServicer_to_server(
-            SettlementGateway(self.store, self.settings, self.metrics), server
+        # maximum_concurrent_rpcs: calls beyond it are refused (RESOURCE_EXHAUSTED) at once
+        # rather than queued behind a flood.
+        server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=self.grpc_options(),
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
+        add_to_server(SettlementGateway(self.store, s, self.metrics, authorizer, self.audit), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -138,10 +186,7 @@ class GatewayApp:
             ),
             server,
         )
-        try:
-            self.port = server.add_insecure_port(self.settings.listen)
-        except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {self.settings.listen}: {exc}") from exc
+        self.port = self._add_port(server)
         if self.port == 0:
             raise StartupError(f"cannot listen on {self.settings.listen}: address in use?")
         if self.metrics_dir is None:
@@ -165,7 +210,8 @@ class GatewayApp:
             meta = await self.store.refresh()
         except (NoDataError, *STORE_ERRORS):
             meta = None
-        serving = meta is not None
+        # Usable data: live, or a fresh enough cache to answer degraded from.
+        serving = meta is not None or self.store.fallback_ready()
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -204,6 +250,8 @@ class GatewayApp:
             self._metrics_http.server_close()
         if self.metrics_dir is not None:
             state_file(self.metrics_dir, os.getpid()).unlink(missing_ok=True)
+        if self.audit is not None:
+            await self.audit.stop()
         if self.store is not None:
             with contextlib.suppress(redis.exceptions.RedisError, OSError):
                 await self.store.client.aclose()

@@ -1,52 +1,112 @@
 """The gRPC servicer: decode, read one snapshot, apply the rules, encode.
 
 Whole-request faults are status codes with a message naming the cause, never a stray
-exception: ``INVALID_ARGUMENT`` for a request that cannot be judged, ``UNAVAILABLE`` when
-there is no usable data (HIS then falls back to its emergency procedure, 004 §58).
+exception: ``INVALID_ARGUMENT`` for a request that cannot be judged (including bytes that are
+no ``ValidateRequest`` at all), ``UNAUTHENTICATED`` / ``PERMISSION_DENIED`` from mTLS,
+``DEADLINE_EXCEEDED`` when the caller's deadline passed before the work started, and
+``UNAVAILABLE`` when there is no usable data (HIS then falls back to its emergency procedure,
+004 §58).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
-import redis.exceptions
+from google.protobuf.message import DecodeError, Message
 
+from gateway.audit import AuditLog
+from gateway.auth import AccessDenied, Authorizer
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
+from gateway.outage import StoreUnavailable, decide_with_gaps
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.rules import Evidence, decide_all, staff_codes_to_fetch
 from gateway.settlement import RequestError, build_response, parse_request
-from gateway.store import NoDataError, Store
+from gateway.store import STORE_ERRORS, NoDataError, Store
 
 log = logging.getLogger(__name__)
-
-STORE_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 class Unavailable(Exception):
     """No usable data for this request."""
 
 
+class DeadlinePassed(Exception):
+    """The caller's deadline passed before the request could be judged."""
+
+
+class Undecodable:
+    """Bytes that did not parse as a ``ValidateRequest`` (answered ``INVALID_ARGUMENT``)."""
+
+    request_id = ""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+M = TypeVar("M", bound=Message)
+
+
+def decoder(message: type[M]) -> Callable[[bytes], M | Undecodable]:
+    """gRPC's own handling of a parse failure is ``UNKNOWN``; a malformed message is the
+    caller's fault and gets ``INVALID_ARGUMENT`` instead."""
+    name = message.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> M | Undecodable:
+        try:
+            return message.FromString(data)
+        except (DecodeError, ValueError) as exc:
+            return Undecodable(f"the message is not a valid {name}: {exc}")
+
+    return decode
+
+
+ServicerContext = grpc.aio.ServicerContext[Any, Any]
+
+
 class SettlementGateway(pb_grpc.SettlementGatewayServicer):
-    def __init__(self, store: Store, settings: Settings, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        authorizer: Authorizer | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.rules = settings.rules
         self.metrics = metrics
+        self.authorizer = authorizer
+        self.audit = audit
 
-    async def judge(self, request: pb.ValidateRequest) -> pb.ValidateResponse:
-        """One settlement's verdicts; raises RequestError or Unavailable."""
+    async def judge(
+        self, request: pb.ValidateRequest | Undecodable, context: ServicerContext | None = None
+    ) -> pb.ValidateResponse:
+        """One settlement's verdicts; raises RequestError, AccessDenied, DeadlinePassed or
+        Unavailable."""
         received = time.perf_counter()
+        if isinstance(request, Undecodable):
+            raise RequestError(request.error)
+        if context is not None:
+            if self.authorizer is not None:
+                self.authorizer.check(context, request.institution_code)
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise DeadlinePassed("the call's deadline passed before it could be judged")
         parsed = parse_request(request, self.rules, self.settings.max_lines)
         codes = staff_codes_to_fetch(parsed.lines, self.rules)
         try:
             snapshot = await self.store.read(parsed.institution_code, codes)
         except NoDataError as exc:
             raise Unavailable(f"no settlement data is available: {exc}") from exc
+        except StoreUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
         except STORE_ERRORS as exc:
             raise Unavailable(f"the settlement data store is unreachable: {exc}") from exc
         evidence = Evidence(
@@ -55,7 +115,12 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             departments=snapshot.departments,
             staff=snapshot.staff,
         )
-        decisions = decide_all(parsed.lines, evidence, self.rules)
+        if snapshot.has_gaps:
+            decisions = decide_with_gaps(
+                parsed.lines, evidence, self.rules, snapshot.institution_known, snapshot.missing_staff
+            )
+        else:
+            decisions = decide_all(parsed.lines, evidence, self.rules)
         response = build_response(
             request, decisions, snapshot.meta.version, snapshot.meta.as_of, snapshot.degraded
         )
@@ -63,45 +128,55 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         self.metrics.observe_settlement(
             parsed.institution_code, parsed.lines, request.lines, decisions, snapshot.degraded
         )
+        if self.audit is not None:
+            self.audit.record(request, decisions, snapshot.meta.version, snapshot.degraded)
         return response
 
-    async def Validate(
-        self,
-        request: pb.ValidateRequest,
-        context: grpc.aio.ServicerContext[pb.ValidateRequest, pb.ValidateResponse],
+    async def _judge_or_abort(
+        self, request: pb.ValidateRequest | Undecodable, context: ServicerContext, label: str = ""
     ) -> pb.ValidateResponse:
+        """``judge``, with each whole-request fault turned into its status code."""
         try:
-            return await self.judge(request)
+            return await self.judge(request, context)
         except RequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{label}{exc}")
+        except AccessDenied as exc:
+            await context.abort(exc.code, f"{label}{exc}")
+        except DeadlinePassed as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{label}{exc}")
         except Unavailable as exc:
             log.warning("validate unavailable", extra={"request_id": request.request_id, "error": str(exc)})
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{label}{exc}")
         raise AssertionError("unreachable")  # abort() always raises
+
+    async def Validate(
+        self, request: pb.ValidateRequest | Undecodable, context: ServicerContext
+    ) -> pb.ValidateResponse:
+        return await self._judge_or_abort(request, context)
 
     async def ValidateStream(
         self,
-        request_iterator: AsyncIterator[pb.ValidateRequest],
-        context: grpc.aio.ServicerContext[pb.ValidateRequest, pb.ValidateResponse],
+        request_iterator: AsyncIterator[pb.ValidateRequest | Undecodable],
+        context: ServicerContext,
     ) -> AsyncIterator[pb.ValidateResponse]:
+        # One request is judged and its reply written before the next is read: a client that
+        # stops reading stalls only its own stream (HTTP/2 flow control), never the server.
         index = 0
         async for request in request_iterator:
-            try:
-                yield await self.judge(request)
-            except RequestError as exc:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"request #{index} (request_id={request.request_id!r}): {exc}",
-                )
-            except Unavailable as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            label = f"request #{index} (request_id={request.request_id!r}): "
+            yield await self._judge_or_abort(request, context, label)
             index += 1
 
     async def GetStatus(
-        self,
-        request: pb.GetStatusRequest,
-        context: grpc.aio.ServicerContext[pb.ValidateRequest, pb.ValidateResponse],
+        self, request: pb.GetStatusRequest | Undecodable, context: ServicerContext
     ) -> pb.GatewayStatus:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+        if self.authorizer is not None:
+            try:
+                self.authorizer.institutions(context)
+            except AccessDenied as exc:
+                await context.abort(exc.code, str(exc))
         reachable = True
         try:
             meta = await self.store.refresh()
@@ -115,3 +190,28 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             status.data_age_seconds = max(0.0, time.time() - meta.as_of)
             status.data_sources.extend(source.path for source in meta.sources)
         return status
+
+
+def add_to_server(servicer: SettlementGateway, server: grpc.aio.Server) -> None:
+    """Register the service like the generated ``add_SettlementGatewayServicer_to_server``,
+    but with a request decoder that turns malformed bytes into ``INVALID_ARGUMENT``."""
+    handlers = {
+        "Validate": grpc.unary_unary_rpc_method_handler(
+            servicer.Validate,
+            request_deserializer=decoder(pb.ValidateRequest),
+            response_serializer=pb.ValidateResponse.SerializeToString,
+        ),
+        "ValidateStream": grpc.stream_stream_rpc_method_handler(
+            servicer.ValidateStream,
+            request_deserializer=decoder(pb.ValidateRequest),
+            response_serializer=pb.ValidateResponse.SerializeToString,
+        ),
+        "GetStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.GetStatus,
+            request_deserializer=decoder(pb.GetStatusRequest),
+            response_serializer=pb.GatewayStatus.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["SettlementGateway"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]

@@ -6,6 +6,12 @@ the version the gateway expects is still live; if the loader published meanwhile
 script says so, the gateway loads the new version's metadata and asks again. The script
 reads only keys it declares, all in one hash-tag slot, so it runs unchanged on a cluster
 and needs no write permission.
+
+Every call goes through a circuit breaker, and every successful read leaves its records in
+the record cache (``gateway.cache``). When Redis cannot be reached (or has lost its data),
+``read`` answers from the cache's newest version, flagged degraded, or lets the outage policy
+decide (``gateway.outage``). Nothing to reconnect by hand: redis-py opens a new connection on
+the next call, and the breaker's probe notices when the store is back.
 """
 
 from __future__ import annotations
@@ -13,15 +19,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
+import redis.exceptions
+
+from gateway.breaker import BreakerOpen, CircuitBreaker
+from gateway.cache import RecordCache
 from gateway.keys import Keys
+from gateway.outage import OutagePolicy, usable_lookup
 from gateway.records import DepartmentActions, InstitutionRecord, StaffRecord
 from gateway.redis_client import AsyncRedis
 from gateway.versions import VersionMeta
+
+T = TypeVar("T")
+
+# What a failed store call raises (BreakerOpen is a ConnectionError, hence an OSError).
+STORE_ERRORS = (redis.exceptions.RedisError, OSError)
+# Stands in for a version when the store is down and nothing was ever read (accept-flagged).
+NO_VERSION = VersionMeta(version="", as_of=0.0, tables={})
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +88,62 @@ class Snapshot:
     staff: dict[str, StaffRecord | None]
     # True when the records did not come from the live store (e.g. a fallback cache).
     degraded: bool = False
+    # Degraded answers under ``accept-flagged`` only: data the cache did not have.
+    institution_known: bool = True
+    missing_staff: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def has_gaps(self) -> bool:
+        return not self.institution_known or bool(self.missing_staff)
 
 
 class Store:
     """Reads records for requests and tracks the live version."""
 
-    def __init__(self, client: AsyncRedis, keys: Keys, timed: CallTimer = _untimed) -> None:
+    def __init__(
+        self,
+        client: AsyncRedis,
+        keys: Keys,
+        timed: CallTimer = _untimed,
+        cache: RecordCache | None = None,
+        breaker: CircuitBreaker | None = None,
+        outage_policy: OutagePolicy = OutagePolicy.REFUSE,
+        degraded_max_age_seconds: float = 600.0,
+    ) -> None:
         self.client = client
         self.keys = keys
         self._timed = timed
+        self.cache = cache if cache is not None else RecordCache()
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.outage_policy = outage_policy
+        self.degraded_max_age_seconds = degraded_max_age_seconds
         self._script = client.register_script(READ_SCRIPT)
         self._meta: VersionMeta | None = None
         self._meta_lock = asyncio.Lock()
+
+    async def _call(self, operation: Awaitable[T]) -> T:
+        """One store call through the breaker."""
+        try:
+            self.breaker.before_call()
+        except BreakerOpen:
+            if asyncio.iscoroutine(operation):
+                operation.close()
+            raise
+        try:
+            result = await operation
+        except STORE_ERRORS:
+            self.breaker.failed()
+            raise
+        except BaseException:
+            self.breaker.abandoned()
+            raise
+        self.breaker.succeeded()
+        return result
+
+    def fallback_ready(self) -> bool:
+        """Whether the cache could answer now, were the store down."""
+        age = self.cache.age_seconds()
+        return self.cache.has_records and age is not None and age <= self.degraded_max_age_seconds
 
     @property
     def meta(self) -> VersionMeta | None:
@@ -91,11 +153,13 @@ class Store:
     async def refresh(self) -> VersionMeta | None:
         """Re-read the live pointer and, if it moved, the new version's metadata."""
         with self._timed("live"):
-            live = await self.client.get(self.keys.live)
+            live = await self._call(self.client.get(self.keys.live))
         if live is None:
             self._meta = None
             return None
-        return await self._adopt(cast(bytes, live).decode())
+        meta = await self._adopt(cast(bytes, live).decode())
+        self.cache.confirm(meta)
+        return meta
 
     async def _adopt(self, version: str) -> VersionMeta:
         current = self._meta
@@ -106,7 +170,7 @@ class Store:
             if current is not None and current.version == version:
                 return current
             with self._timed("meta"):
-                raw = await self.client.hgetall(self.keys.version_meta(version))
+                raw = await self._call(self.client.hgetall(self.keys.version_meta(version)))
             if not raw:
                 raise NoDataError(f"live version {version} has no metadata")
             meta = VersionMeta.from_hash(cast(dict[bytes, bytes], raw))
@@ -133,12 +197,50 @@ class Store:
         return reply
 
     async def read(self, institution: str, codes: Sequence[str]) -> Snapshot:
+        """The records for one request: live, or degraded from the cache, or
+        ``StoreUnavailable`` / ``NoDataError``."""
+        try:
+            snapshot = await self.read_live(institution, codes)
+        except NoDataError as exc:
+            if self.cache.newest is None:
+                raise  # never had data: nothing is loaded, not an outage
+            return self._fallback(institution, codes, str(exc))
+        except STORE_ERRORS as exc:
+            return self._fallback(institution, codes, f"{type(exc).__name__}: {exc}")
+        self.cache.remember(
+            snapshot.meta, institution, snapshot.institution, snapshot.departments, snapshot.staff
+        )
+        return snapshot
+
+    def _fallback(self, institution: str, codes: Sequence[str], cause: str) -> Snapshot:
+        lookup = usable_lookup(
+            self.cache.lookup(institution, codes),
+            self.outage_policy,
+            self.degraded_max_age_seconds,
+            cause,
+        )
+        if lookup is None:
+            return Snapshot(
+                NO_VERSION, None, None, {}, True, institution_known=False, missing_staff=frozenset(codes)
+            )
+        return Snapshot(
+            meta=lookup.meta,
+            institution=lookup.institution,
+            departments=lookup.departments,
+            staff=lookup.staff,
+            degraded=True,
+            institution_known=lookup.institution_known,
+            missing_staff=lookup.missing_staff,
+        )
+
+    async def read_live(self, institution: str, codes: Sequence[str]) -> Snapshot:
+        """The records for one request from Redis, of exactly one version."""
         meta = self._meta or await self.refresh()
         if meta is None:
             raise NoDataError("no data has been loaded")
         for _ in range(MAX_VERSION_CHASES):
             with self._timed("read"):
-                reply = await self.fetch_raw(meta, institution, codes)
+                reply = await self._call(self.fetch_raw(meta, institution, codes))
             if len(reply) == 1:
                 if reply[0] is None:
                     self._meta = None

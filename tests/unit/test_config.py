@@ -37,3 +37,26 @@ def test_password_never_shown() -> None:
     s = Settings.from_env({"SGW_REDIS_URL": "redis://gw:s3cret@db:6379/0"})
     assert "s3cret" not in repr(s)
     assert mask_url("rediss://u:p@h:1/0") == "rediss://u:***@h:1/0"
+
+
+def test_reliability_settings() -> None:
+    from gateway.outage import OutagePolicy
+
+    s = Settings.from_env({})
+    assert s.outage_policy is OutagePolicy.REFUSE and not s.tls_enabled and s.audit
+    s = Settings.from_env({"SGW_OUTAGE_POLICY": "Accept-Flagged", "SGW_DEGRADED_MAX_AGE": "30"})
+    assert s.outage_policy is OutagePolicy.ACCEPT_FLAGGED and s.degraded_max_age_seconds == 30
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SGW_OUTAGE_POLICY": "pay-all"}, "SGW_OUTAGE_POLICY='pay-all': expected refuse or accept-flagged"),
+        ({"SGW_TLS_CERT": "c.pem"}, "SGW_TLS_KEY, SGW_TLS_CLIENT_CA not set"),
+        ({"SGW_TLS_CERT": "c", "SGW_TLS_KEY": "k", "SGW_TLS_CLIENT_CA": "ca"}, "needs SGW_TLS_CLIENTS"),
+        ({"SGW_TLS_CLIENTS": "clients.toml"}, "SGW_TLS_CLIENTS is set but TLS is not"),
+    ],
+)
+def test_bad_reliability_settings(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)

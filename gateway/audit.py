@@ -1,0 +1,288 @@
+"""The audit trail: every line that was not simply paid, kept for disputes.
+
+A doctor may contest a rejection within 10 working days (001 §六(一), 003 §16), and emergency
+exemptions and outage payments are to be audited later; so every ``REJECT``, every
+``ACCEPT_EMERGENCY`` and every line paid under the outage policy (004 §58) is recorded with
+the request id, institution, settlement id (the HIS visit id ``mdtrt_id``, which a dispute is
+about), line id, staff code, verdict, reason, rule, data version, whether the answer was
+degraded, and the time. Nothing else of the request is kept: no patient identifiers.
+
+Records go to one capped Redis Stream (``Keys.audit``, trimmed approximately to
+``max_entries``). ``Validate`` only appends to an in-memory queue; a background task writes
+batches with one pipelined round trip each. The queue is bounded by lines: when Redis is down
+longer than the queue can hold, further records are dropped and counted (metric
+``sgw_audit_records_total{result="dropped"}`` and a log line), never blocking a checkout.
+Buffered records are written once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+from gateway.keys import Keys
+from gateway.metrics import GatewayMetrics
+from gateway.pb.settlement.v1 import gateway_pb2 as pb
+from gateway.policy import Verdict
+from gateway.redis_client import AsyncRedis, SyncRedis
+from gateway.rules import Decision
+
+log = logging.getLogger(__name__)
+
+WRITE_BATCH = 1000
+RETRY_MIN_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+QUERY_BATCH = 5000
+# Stream ids are the time Redis wrote the record; a record is written at most this long after
+# its answer (longer only when it waited out an outage in the queue). Time-range queries read
+# this much further and then filter on the record's own time.
+WRITE_SLACK_SECONDS = 3600
+# The gateway's and Redis's clocks may disagree by this much.
+CLOCK_SKEW_SECONDS = 300
+
+
+def needs_audit(decision: Decision) -> bool:
+    """Everything except a plain live ``ACCEPT`` (which cites no rule)."""
+    return decision.verdict is not Verdict.ACCEPT or bool(decision.rule)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audited line."""
+
+    time: str  # ISO 8601 UTC, millisecond precision: when the answer was given
+    request_id: str
+    institution: str
+    settlement_id: str
+    line_id: str
+    staff_code: str
+    verdict: str
+    reason: str
+    rule: str
+    data_version: str
+    degraded: bool
+    stream_id: str = ""
+
+    def to_fields(self) -> dict[str, str]:
+        doc = asdict(self)
+        del doc["stream_id"]
+        doc["degraded"] = "1" if self.degraded else "0"
+        return doc
+
+    @classmethod
+    def from_fields(cls, stream_id: str, fields: Mapping[str, str]) -> AuditRecord:
+        return cls(
+            time=fields.get("time", ""),
+            request_id=fields.get("request_id", ""),
+            institution=fields.get("institution", ""),
+            settlement_id=fields.get("settlement_id", ""),
+            line_id=fields.get("line_id", ""),
+            staff_code=fields.get("staff_code", ""),
+            verdict=fields.get("verdict", ""),
+            reason=fields.get("reason", ""),
+            rule=fields.get("rule", ""),
+            data_version=fields.get("data_version", ""),
+            degraded=fields.get("degraded") == "1",
+            stream_id=stream_id,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_time(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """One answer's audited lines, as queued by ``Validate`` (flattened by the writer)."""
+
+    request: pb.ValidateRequest
+    decisions: Sequence[Decision]
+    indices: list[int]
+    data_version: str
+    degraded: bool
+    at: float
+
+    def records(self) -> list[dict[str, str]]:
+        req = self.request
+        when = format_time(self.at)
+        out = []
+        for i in self.indices:
+            line = req.lines[i]
+            d = self.decisions[i]
+            out.append(
+                AuditRecord(
+                    time=when,
+                    request_id=req.request_id,
+                    institution=req.institution_code.strip(),
+                    settlement_id=req.settlement_id,
+                    line_id=line.line_id,
+                    staff_code=line.staff_code.strip(),
+                    verdict=d.verdict.name,
+                    reason=d.reason.name,
+                    rule=d.rule,
+                    data_version=self.data_version,
+                    degraded=self.degraded,
+                ).to_fields()
+            )
+        return out
+
+
+class AuditLog:
+    """Queues audited lines from the hot path and writes them to the stream in the background."""
+
+    def __init__(
+        self,
+        client: AsyncRedis,
+        keys: Keys,
+        metrics: GatewayMetrics,
+        max_entries: int = 5_000_000,
+        queue_lines: int = 200_000,
+    ) -> None:
+        self.client = client
+        self.key = keys.audit
+        self.metrics = metrics
+        self.max_entries = max_entries
+        self.queue_lines = queue_lines
+        self._queue: deque[_Pending] = deque()
+        self._retry: list[dict[str, str]] = []
+        self.pending_lines = 0
+        self.written = 0
+        self.dropped = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def record(
+        self,
+        request: pb.ValidateRequest,
+        decisions: Sequence[Decision],
+        data_version: str,
+        degraded: bool,
+    ) -> None:
+        """Queue the audited lines of one answer; never blocks, never raises on overflow."""
+        indices = [i for i, d in enumerate(decisions) if d.verdict is not Verdict.ACCEPT or d.rule]
+        if not indices:
+            return
+        n = len(indices)
+        if self.pending_lines + n > self.queue_lines:
+            if not self.dropped:
+                log.error("audit queue full: dropping audit records", extra={"queue_lines": self.queue_lines})
+            self.dropped += n
+            self.metrics.audit_records.labels("dropped").inc(n)
+            return
+        self.pending_lines += n
+        self._queue.append(_Pending(request, decisions, indices, data_version, degraded, time.time()))
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def stop(self, flush_seconds: float = 2.0) -> None:
+        """Write what is queued (for at most ``flush_seconds``), then stop the writer."""
+        if self._task is None:
+            return
+        deadline = time.monotonic() + flush_seconds
+        while self.pending_lines and time.monotonic() < deadline:
+            self._wakeup.set()
+            await asyncio.sleep(0.02)
+        if self.pending_lines:
+            log.error("audit records not written at shutdown", extra={"lines": self.pending_lines})
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    def _next_batch(self) -> list[dict[str, str]]:
+        batch = self._retry
+        self._retry = []
+        while self._queue and len(batch) < WRITE_BATCH:
+            batch.extend(self._queue.popleft().records())
+        return batch
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN_SECONDS
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._retry or self._queue:
+                batch = self._next_batch()
+                try:
+                    await self._write(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any store failure: keep, retry later
+                    self._retry = batch
+                    log.warning(
+                        "audit write failed; will retry", extra={"error": str(exc), "lines": len(batch)}
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_SECONDS)
+                    continue
+                delay = RETRY_MIN_SECONDS
+                self.pending_lines -= len(batch)
+                self.written += len(batch)
+                self.metrics.audit_records.labels("written").inc(len(batch))
+
+    async def _write(self, batch: list[dict[str, str]]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for fields in batch:
+                pipe.xadd(self.key, fields, maxlen=self.max_entries, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
+
+
+# -- queries (the ``settlement-gateway audit`` command) -----------------------------------
+
+
+def stream_id_of(epoch: float) -> str:
+    return str(max(0, int(epoch * 1000)))
+
+
+def find_records(
+    client: SyncRedis,
+    keys: Keys,
+    settlement_id: str | None = None,
+    staff_code: str | None = None,
+    institution: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Iterator[AuditRecord]:
+    """Audit records matching every given filter, oldest first.
+
+    Reads the stream in batches; a time range bounds what is read, so narrow queries over a
+    large stream stay quick.
+    """
+    start = "-" if since is None else stream_id_of(since - CLOCK_SKEW_SECONDS)
+    end = "+" if until is None else stream_id_of(until + WRITE_SLACK_SECONDS)
+    since_text = None if since is None else format_time(since)
+    until_text = None if until is None else format_time(until)
+    while True:
+        batch = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            client.xrange(keys.audit, min=start, max=end, count=QUERY_BATCH),
+        )
+        for raw_id, raw_fields in batch:
+            fields = {k.decode(): v.decode() for k, v in raw_fields.items()}
+            record = AuditRecord.from_fields(raw_id.decode(), fields)
+            if settlement_id is not None and record.settlement_id != settlement_id:
+                continue
+            if staff_code is not None and record.staff_code != staff_code:
+                continue
+            if institution is not None and record.institution != institution:
+                continue
+            if since_text is not None and record.time < since_text:
+                continue
+            if until_text is not None and record.time > until_text:
+                continue
+            yield record
+        if len(batch) < QUERY_BATCH:
+            return
+        start = "(" + batch[-1][0].decode()
