@@ -17,6 +17,7 @@ from gateway.embedded import EmbeddedRedisError, store_url
 from gateway.logs import setup_logging
 from gateway.loops import DEFAULT_EVENT_LOOP, install_event_loop, parse_event_loop
 from gateway.server import StartupError, serve
+from gateway.workers import run_workers
 
 log = logging.getLogger("gateway")
 
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--shutdown-grace", type=float, dest="shutdown_grace_seconds",
                    help="seconds in-flight calls get on SIGTERM ($SGW_SHUTDOWN_GRACE, default 10)")  # fmt: skip
     s.add_argument("--log-level", help="($SGW_LOG_LEVEL, default INFO)")
+    s.add_argument("--workers", type=int,
+                   help="processes serving the gRPC port together ($SGW_WORKERS, default 1)")  # fmt: skip
     s.add_argument("--event-loop", type=parse_event_loop,
                    help=f"asyncio or uvloop ($SGW_EVENT_LOOP, default {DEFAULT_EVENT_LOOP})")  # fmt: skip
     s.add_argument("--demo", action="store_true", help="load the demo export set if the store is empty")
@@ -50,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 SETTING_FLAGS = (
     "listen", "metrics_listen", "redis_url", "state_dir", "namespace", "max_lines",
     "emergency_med_types", "national_cancellation", "redis_timeout_seconds",
-    "shutdown_grace_seconds", "log_level", "event_loop",
+    "shutdown_grace_seconds", "log_level", "event_loop", "workers",
 )  # fmt: skip
 
 
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 from loader.quickstart import ensure_demo_data
 
                 ensure_demo_data(url, settings, args.demo_staff)
+            if settings.workers > 1:
+                return run_workers(settings, url)
             install_event_loop(settings.event_loop)
             asyncio.run(serve(settings, url))
     except (StartupError, EmbeddedRedisError) as exc:

@@ -104,6 +104,8 @@ class Settings:
     log_level: str = "INFO"
     keep_names: bool = False
     event_loop: str = DEFAULT_EVENT_LOOP
+    # Serving processes sharing the gRPC port (SO_REUSEPORT, gateway.workers); 1 = no supervisor.
+    workers: int = 1
     # Bounds on per-institution metric series (see gateway/metrics.py): an allowlist, else
     # the first ``metrics_institution_limit`` institutions seen; the rest count as "other".
     metrics_institutions: frozenset[str] = frozenset()
@@ -192,6 +194,8 @@ class Settings:
             raise ConfigError(str(exc)) from exc
         if self.max_lines <= 0:
             raise ConfigError(f"max_lines must be positive, got {self.max_lines}")
+        if self.workers <= 0:
+            raise ConfigError(f"workers must be positive, got {self.workers}")
         tls = {
             "SGW_TLS_CERT": self.tls_cert,
             "SGW_TLS_KEY": self.tls_key,
@@ -239,6 +243,7 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "log_level": ("SGW_LOG_LEVEL", str),
     "keep_names": ("SGW_KEEP_NAMES", parse_bool),
     "event_loop": ("SGW_EVENT_LOOP", parse_event_loop),
+    "workers": ("SGW_WORKERS", parse_positive_int),
     "metrics_institutions": ("SGW_METRICS_INSTITUTIONS", parse_csv_set),
     "metrics_institution_limit": ("SGW_METRICS_INSTITUTION_LIMIT", parse_positive_int),
     "metrics_code_window": ("SGW_METRICS_CODE_WINDOW", parse_positive_int),

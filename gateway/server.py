@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -101,8 +102,12 @@ class GatewayApp:
     supervisor serves /metrics, so the app starts no HTTP server of its own.
     """
 
-    def __init__(self, settings: Settings, redis_url: str, metrics_dir: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, redis_url: str, metrics_dir: Path | None = None, reuseport: bool = False
+    ) -> None:
         self.settings = settings
+        # True only in a worker of ``serve --workers N``: the supervisor holds the port.
+        self.reuseport = reuseport
         self.redis_url = redis_url
         self.metrics_dir = metrics_dir
         self.registry = CollectorRegistry()
@@ -121,7 +126,7 @@ class GatewayApp:
         self._refresher: asyncio.Task[None] | None = None
 
     def grpc_options(self) -> list[tuple[str, int]]:
-        return server_options(self.settings)
+        return server_options(self.settings, self.reuseport)
 
     def _authorizer(self) -> Authorizer | None:
         if not self.settings.tls_enabled:
@@ -257,9 +262,19 @@ class GatewayApp:
                 await self.store.client.aclose()
 
 
-async def serve(settings: Settings, redis_url: str) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
-    app = GatewayApp(settings, redis_url)
+async def serve(
+    settings: Settings,
+    redis_url: str,
+    *,
+    metrics_dir: Path | None = None,
+    reuseport: bool = False,
+    on_ready: Callable[[GatewayApp], None] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop.
+
+    A worker of ``serve --workers N`` passes the shared ``metrics_dir``, ``reuseport`` and
+    an ``on_ready`` callback that tells its supervisor it serves."""
+    app = GatewayApp(settings, redis_url, metrics_dir=metrics_dir, reuseport=reuseport)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -272,7 +287,8 @@ async def serve(settings: Settings, redis_url: str) -> None:
         raise
     meta = app.store.meta if app.store else None
     log.info(
-        "settlement gateway ready",
+        # Under a supervisor, the group's ready line is the supervisor's, once all serve.
+        "settlement gateway ready" if on_ready is None else "worker ready",
         extra={
             "listen": settings.listen,
             "port": app.port,
@@ -281,6 +297,8 @@ async def serve(settings: Settings, redis_url: str) -> None:
             "startup_seconds": round(time.monotonic() - started, 3),
         },
     )
+    if on_ready is not None:
+        on_ready(app)
     await stop.wait()
     log.info(
         "shutting down: draining in-flight calls", extra={"grace_seconds": settings.shutdown_grace_seconds}
