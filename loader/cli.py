@@ -1,5 +1,5 @@
-"""``settlement-loader``: load national platform exports into the store, write demo data,
-show what is live.
+"""``settlement-loader``: load national platform exports into the store, watch a directory
+for them, write demo data, show what is live.
 
 Exit codes of ``sync`` (the contract): 0 published cleanly; 3 published, some rows
 rejected; 4 refused by a guard, live data untouched; 2 usage error; 1 any other failure.
@@ -10,24 +10,59 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 import orjson
 import redis.exceptions
+from prometheus_client import CollectorRegistry, start_http_server
 
 from gateway.config import ConfigError, Settings
 from gateway.embedded import EmbeddedRedisError, store_url
 from gateway.keys import Keys
 from gateway.logs import setup_logging
 from gateway.redis_client import sync_client
+from gateway.server import StartupError, split_host_port
+from loader import progress
 from loader.columns import KINDS, ColumnMapping
-from loader.demo import SCENARIOS, DemoSet, load_order
+from loader.demo import FORMATS, SCENARIOS, DemoSet, load_order
 from loader.lock import LockBusy
+from loader.metrics import LoaderMetrics
 from loader.publish import PublishConflict, Publisher, StagingError
+from loader.status import live_status, render_status
 from loader.sync import Outcome, SyncOptions, SyncResult, sync_file
+from loader.watch import DEFAULT_DELTA_PATTERNS, Watcher, WatchOptions
 
 log = logging.getLogger("loader")
+
+STORE_FAILURES = (EmbeddedRedisError, redis.exceptions.RedisError, LockBusy, PublishConflict, StagingError)
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
+def _add_load_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=KINDS, help="file kind (default: from the header row)")
+    parser.add_argument(
+        "--force", action="store_true", help="publish even when a guard objects (logged loudly)"
+    )
+    parser.add_argument("--mapping", type=Path, help="TOML file with a province's header/status spellings")
+    parser.add_argument(
+        "--max-bad-ratio", type=_ratio, default=0.10, help="refuse above this share of bad rows (0.10)"
+    )
+    parser.add_argument(
+        "--max-shrink-ratio",
+        type=_ratio,
+        default=0.20,
+        help="refuse a full export dropping more than this share of live records (0.20)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,18 +77,32 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--delta", action="store_true", help="replace only the persons/institutions in the file"
     )
-    sync.add_argument("--kind", choices=KINDS, help="file kind (default: from the header row)")
-    sync.add_argument("--force", action="store_true", help="publish even when a guard objects")
-    sync.add_argument("--report", type=Path, help="rejected rows report (default: <input>.rejects.csv)")
-    sync.add_argument("--mapping", type=Path, help="TOML file with a province's header/status spellings")
-    sync.add_argument("--max-bad-ratio", type=float, default=0.10, help="refuse above this share of bad rows")
-    sync.add_argument("--max-shrink-ratio", type=float, default=0.20,
-                      help="refuse a full export dropping more than this share of live records")  # fmt: skip
-    sync.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_load_options(sync)
+    sync.add_argument(
+        "--report", type=Path, help="rejected rows report: .csv, or .jsonl (default: <input>.rejects.csv)"
+    )
+    sync.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+    sync.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+    watch = sub.add_parser("watch", help="load exports as they land in a directory")
+    watch.add_argument("directory", type=Path)
+    _add_load_options(watch)
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between directory scans (2)")
+    watch.add_argument(
+        "--delta-pattern",
+        action="append",
+        help=f"file names loaded as deltas (fnmatch; default {' '.join(DEFAULT_DELTA_PATTERNS)})",
+    )
+    watch.add_argument(
+        "--metrics-listen", default="127.0.0.1:9465", help="Prometheus /metrics address (127.0.0.1:9465)"
+    )
 
     demo = sub.add_parser("demo-data", help="write a realistic synthetic export set")
     demo.add_argument("out_dir", type=Path)
-    demo.add_argument("--staff", type=int, default=2000, help="number of staff (default 2000)")
+    demo.add_argument("--staff", type=int, help="number of staff (default 2000, or about --rows)")
+    demo.add_argument("--rows", type=int, help="exactly this many staff rows (e.g. 1000000)")
+    demo.add_argument("--format", choices=list(FORMATS), default="csv", help="csv (UTF-8), gb18030 or xlsx")
+    demo.add_argument("--bad-share", type=_ratio, default=0.0, help="share of staff rows spoiled (0)")
     demo.add_argument("--seed", type=int, default=20261124)
     demo.add_argument("--today", type=dt.date.fromisoformat, help="anchor date (default: today, CST)")
 
@@ -62,29 +111,69 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_result(result: SyncResult, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
-        return
+def _summary(result: SyncResult) -> str:
+    """The one-screen summary an operator reads after a load."""
     lines = [
         f"file      {result.path}",
-        f"kind      {result.kind or '?'} ({result.mode}, {result.encoding or '?'})",
-        f"rows      {result.rows}  accepted {result.accepted}  rejected {result.rejected}",
-        f"records   {result.records}" + (
-            f"  (live before: {result.live_records_before})" if result.live_records_before is not None else ""
-        ),
-    ]  # fmt: skip
+        f"kind      {result.kind or '?'} ({result.mode}, {result.format or '?'}, {result.encoding or '?'})",
+        f"rows      {result.rows:,}  accepted {result.accepted:,}  rejected {result.rejected:,}",
+    ]
+    for reason, count in list(result.rejected_by_reason.items())[:6]:
+        lines.append(f"          {count:>9,}  {reason}")
+    if len(result.rejected_by_reason) > 6:
+        lines.append(f"          … {len(result.rejected_by_reason) - 6} more reasons in the report")
+    if result.records or result.live_records_before is not None:
+        before = result.live_records_before
+        lines.append(
+            f"records   {result.records:,}" + (f"  (live before: {before:,})" if before is not None else "")
+        )
     if result.report:
         lines.append(f"report    {result.report}")
     if result.data_version:
         lines.append(f"version   {result.data_version}")
+    if result.forced:
+        lines.append("FORCED    " + "; ".join(result.forced))
     lines.append(f"result    {result.outcome.name.lower()} (exit {int(result.outcome)}): {result.message}")
-    lines.append(f"time      {result.seconds:.2f}s")
-    print("\n".join(lines))
+    phases = "  ".join(f"{name} {seconds:.2f}s" for name, seconds in result.phases.items())
+    lines.append(f"time      {result.seconds:.2f}s" + (f"  ({phases})" if phases else ""))
+    return "\n".join(lines)
+
+
+def _print_result(result: SyncResult, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(_summary(result))
 
 
 def _today_cst() -> dt.date:
     return dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    staff = args.staff or (args.rows * 7 // 8 if args.rows else 2000)
+    if staff < len(SCENARIOS) or (args.rows is not None and args.rows < 2 * len(SCENARIOS)):
+        print(f"settlement-loader: --staff must be at least {len(SCENARIOS)}", file=sys.stderr)
+        return int(Outcome.USAGE)
+    demo = DemoSet(args.today or _today_cst(), staff, args.seed, rows=args.rows, bad_share=args.bad_share)
+    paths = demo.write(args.out_dir, args.format)
+    for kind, path in load_order(paths):
+        print(f"{kind:12s} {path}")
+    return 0
+
+
+def _sync_options(args: argparse.Namespace, settings: Settings, mapping: ColumnMapping) -> SyncOptions:
+    return SyncOptions(
+        kind=args.kind,
+        delta=getattr(args, "delta", False),
+        force=args.force,
+        report=getattr(args, "report", None),
+        mapping=mapping,
+        shapes=settings.shapes,
+        keep_names=settings.keep_names,
+        max_bad_ratio=args.max_bad_ratio,
+        max_shrink_ratio=args.max_shrink_ratio,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,70 +188,76 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("WARNING" if getattr(args, "json", False) else settings.log_level)
 
     if args.command == "demo-data":
-        if args.staff < len(SCENARIOS):
-            print("settlement-loader: --staff must be at least 8", file=sys.stderr)
+        return _demo(args)
+    mapping = ColumnMapping()
+    if getattr(args, "mapping", None):
+        try:
+            mapping = ColumnMapping.from_toml(args.mapping)
+        except (OSError, ValueError) as exc:
+            print(f"settlement-loader: --mapping: {exc}", file=sys.stderr)
             return int(Outcome.USAGE)
-        paths = DemoSet(args.today or _today_cst(), args.staff, args.seed).write(args.out_dir)
-        for kind, path in load_order(paths):
-            print(f"{kind:12s} {path}")
-        return 0
-
     try:
         with store_url(settings.redis_url, settings.state_dir) as url:
             client = sync_client(url)
             publisher = Publisher(client, Keys(settings.namespace))
             if args.command == "status":
                 return _status(publisher, args.json)
-            try:
-                mapping = ColumnMapping.from_toml(args.mapping) if args.mapping else ColumnMapping()
-            except (OSError, ValueError) as exc:
-                print(f"settlement-loader: --mapping: {exc}", file=sys.stderr)
-                return int(Outcome.USAGE)
-            options = SyncOptions(
-                kind=args.kind,
-                delta=args.delta,
-                force=args.force,
-                report=args.report,
-                mapping=mapping,
-                shapes=settings.shapes,
-                keep_names=settings.keep_names,
-                max_bad_ratio=args.max_bad_ratio,
-                max_shrink_ratio=args.max_shrink_ratio,
-            )
-            result = sync_file(args.path, publisher, options)
+            if args.command == "watch":
+                return _watch(args, publisher, _sync_options(args, settings, mapping))
+            bar = progress.for_stderr(enabled=not (args.json or args.no_progress))
+            result = sync_file(args.path, publisher, _sync_options(args, settings, mapping), bar)
             _print_result(result, args.json)
             return int(result.outcome)
-    except (
-        EmbeddedRedisError,
-        redis.exceptions.RedisError,
-        LockBusy,
-        PublishConflict,
-        StagingError,
-        OSError,
-    ) as exc:
+    except (*STORE_FAILURES, OSError) as exc:
         print(f"settlement-loader: {exc}", file=sys.stderr)
         return int(Outcome.FAILED)
 
 
 def _status(publisher: Publisher, as_json: bool) -> int:
-    meta = publisher.live_meta()
-    if meta is None:
-        print("no data version is live" if not as_json else "{}")
-        return 1
-    doc = {
-        "data_version": meta.version,
-        "as_of": dt.datetime.fromtimestamp(meta.as_of, dt.UTC).isoformat(),
-        "counts": dict(meta.counts),
-        "sources": [s.to_json() for s in meta.sources],
-        "previous": meta.previous,
-    }
+    status = live_status(publisher)
     if as_json:
-        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    print(f"version   {meta.version}  (as of {doc['as_of']})")
-    print("counts    " + "  ".join(f"{k} {v}" for k, v in meta.counts.items()))
-    for s in meta.sources:
-        print(f"source    {s.kind:11s} {s.mode:5s} rows {s.rows:>8d} rejected {s.rejected:>6d}  {s.path}")
+        print(orjson.dumps(status or {}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_status(status))
+    return 0 if status else 1
+
+
+def _watch(args: argparse.Namespace, publisher: Publisher, options: SyncOptions) -> int:
+    if not args.directory.is_dir():
+        print(f"settlement-loader: {args.directory} is not a directory", file=sys.stderr)
+        return int(Outcome.USAGE)
+    registry = CollectorRegistry()
+    metrics = LoaderMetrics(registry)
+    try:
+        host, port = split_host_port(args.metrics_listen)
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except (StartupError, OSError) as exc:
+        print(f"settlement-loader: cannot serve /metrics on {args.metrics_listen}: {exc}", file=sys.stderr)
+        return int(Outcome.USAGE)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # a second signal: give up the load in progress
+            raise SystemExit(int(Outcome.FAILED))
+        log.info("stopping after the current file", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    watch_options = WatchOptions(
+        directory=args.directory,
+        sync=options,
+        interval=args.interval,
+        delta_patterns=tuple(args.delta_pattern or DEFAULT_DELTA_PATTERNS),
+    )
+    try:
+        watcher = Watcher(publisher, watch_options, metrics)
+        log.info("watch metrics served", extra={"metrics_port": server.server_port})
+        watcher.run(stop)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
     return 0
 
 

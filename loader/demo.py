@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,10 @@ class DemoSet:
     today: dt.date
     staff: int
     seed: int = 20261124
+    # Exactly this many staff rows (more people are invented as needed); None: ``staff`` people.
+    rows: int | None = None
+    # This share of staff rows is spoiled, one of ``BAD_ROWS`` each, for tests and benchmarks.
+    bad_share: float = 0.0
 
     def _days(self, offset: int) -> dt.date:
         return self.today + dt.timedelta(days=offset)
@@ -138,6 +143,18 @@ class DemoSet:
         ]
 
     def staff_rows(self) -> Iterator[list[str]]:
+        """The staff export's rows: the scenarios, the population, the requested bad rows."""
+        spoil_rng = random.Random(self.seed + 1)
+        rows = self._population_rows()
+        if self.rows is not None:
+            rows = itertools.islice(rows, self.rows)
+        for number, row in enumerate(rows):
+            if number >= len(SCENARIOS) * 2 and self.bad_share and spoil_rng.random() < self.bad_share:
+                spoil = BAD_ROWS[spoil_rng.randrange(len(BAD_ROWS))]
+                row = spoil(list(row))
+            yield row
+
+    def _population_rows(self) -> Iterator[list[str]]:
         rng = random.Random(self.seed)
         yield from self._scenario_rows(rng)
         institutions = [code for _, code, _, _ in self._random_institutions()]
@@ -145,10 +162,16 @@ class DemoSet:
         pharmacies = [c for c in institutions if c.startswith("P")]
         prefixes = ("D",) * 12 + ("N",) * 6 + ("HY", "HJ")
         divisions = list(DIVISIONS)
-        for seq in range(100, 100 + max(0, self.staff - len(SCENARIOS))):
+        people: Iterable[int] = (
+            itertools.count(100)
+            if self.rows is not None
+            else range(100, 100 + max(0, self.staff - len(SCENARIOS)))
+        )
+        for seq in people:
             prefix = rng.choice(prefixes)
             division = divisions[seq % len(divisions)]
-            code = f"{prefix}{division}{seq:06d}"
+            # 6-digit sequence per division: four divisions give four million distinct codes.
+            code = f"{prefix}{division}{seq // len(divisions):06d}"
             category = CATEGORY_BY_PREFIX[prefix]
             sites = [rng.choice(pharmacies if prefix == "HY" and rng.random() < 0.5 else hospitals)]
             if rng.random() < 0.08:  # 多点执业
@@ -191,20 +214,84 @@ class DemoSet:
         else:
             yield emit("正常", start, None)
 
-    def write(self, out_dir: Path, encoding: str = "utf-8-sig") -> dict[str, Path]:
-        """Write staff.csv, institutions.csv and departments.csv; return their paths."""
+    def write(self, out_dir: Path, fmt: str = "csv") -> dict[str, Path]:
+        """Write the staff, institution and department exports in ``fmt`` (``FORMATS``);
+        return their paths by kind."""
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown demo format {fmt!r}: one of {', '.join(FORMATS)}")
         out_dir.mkdir(parents=True, exist_ok=True)
+        suffix = ".xlsx" if fmt == "xlsx" else ".csv"
         files = {
-            "institution": (out_dir / "institutions.csv", INSTITUTION_HEADERS, self.institutions()),
-            "department": (out_dir / "departments.csv", DEPARTMENT_HEADERS, self.departments()),
-            "staff": (out_dir / "staff.csv", STAFF_HEADERS, self.staff_rows()),
+            "institution": (out_dir / f"institutions{suffix}", INSTITUTION_HEADERS, self.institutions()),
+            "department": (out_dir / f"departments{suffix}", DEPARTMENT_HEADERS, self.departments()),
+            "staff": (out_dir / f"staff{suffix}", STAFF_HEADERS, self.staff_rows()),
         }
         for path, headers, rows in files.values():
-            with path.open("w", encoding=encoding, newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(headers)
-                writer.writerows(rows)
+            if fmt == "xlsx":
+                _write_xlsx(path, headers, rows)
+            else:
+                with path.open("w", encoding=FORMATS[fmt], newline="") as fh:
+                    writer = csv.writer(fh)
+                    writer.writerow(headers)
+                    writer.writerows(rows)
         return {kind: path for kind, (path, _, _) in files.items()}
+
+
+def _with(column: str, value: str | Callable[[str], str]) -> Callable[[list[str]], list[str]]:
+    at = STAFF_HEADERS.index(column)
+
+    def spoil(row: list[str]) -> list[str]:
+        row[at] = value(row[at]) if callable(value) else value
+        return row
+
+    return spoil
+
+
+def _end_before_start(row: list[str]) -> list[str]:
+    start = dt.date.fromisoformat(row[STAFF_HEADERS.index(col.START)])
+    row[STAFF_HEADERS.index(col.END)] = (start - dt.timedelta(days=1)).isoformat()
+    return row
+
+
+# Every kind of bad row an export carries, each as the loader must reject it.
+BAD_ROWS: tuple[Callable[[list[str]], list[str]], ...] = (
+    _with(col.CODE, lambda code: code[:-1]),  # 11 digits: 不符合国家编码规则
+    _with(col.CODE, ""),
+    _with(col.INSTITUTION, lambda code: "X" + code[1:]),
+    _with(col.INSTITUTION, ""),
+    _with(col.STATUS, "停诊"),
+    _with(col.STATUS, ""),
+    _with(col.START, "2026-02-30"),
+    _with(col.START, ""),
+    _with(col.END, "下月底"),
+    _end_before_start,
+    _with(col.CATEGORY, "主任"),
+)
+
+# Demo formats and their text encodings (XLSX has its own).
+FORMATS = {"csv": "utf-8-sig", "gb18030": "gb18030", "xlsx": ""}
+_DATE_COLUMNS = frozenset({col.START, col.END})
+
+
+def _write_xlsx(path: Path, headers: list[str], rows: Iterable[list[str]]) -> None:
+    """One sheet, dates as real Excel date cells (as the platform's XLSX exports have them),
+    streamed row by row so a million rows take constant memory."""
+    import xlsxwriter
+
+    book = xlsxwriter.Workbook(str(path), {"constant_memory": True})
+    sheet = book.add_worksheet("导出数据")
+    date_format = book.add_format({"num_format": "yyyy-mm-dd"})
+    date_at = [i for i, h in enumerate(headers) if h in _DATE_COLUMNS]
+    sheet.write_row(0, 0, headers)
+    for r, row in enumerate(rows, start=1):
+        sheet.write_row(r, 0, row)
+        for c in date_at:
+            try:
+                day = dt.date.fromisoformat(row[c])
+            except ValueError:
+                continue  # empty (open-ended) or a deliberately bad date: stays text
+            sheet.write_datetime(r, c, dt.datetime(day.year, day.month, day.day), date_format)
+    book.close()
 
 
 def load_order(paths: dict[str, Path]) -> list[tuple[str, Path]]:
