@@ -1,4 +1,4 @@
-"""``settlement-gateway``: run the settlement validation gateway.
+"""``settlement-gateway``: run the settlement validation gateway, or search its audit trail.
 
 Every flag has an ``SGW_*`` variable; the flag wins. With no Redis URL the gateway starts
 (and stops) an embedded local Redis under the state directory.
@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import sys
 from pathlib import Path
 
+import orjson
+import redis.exceptions
+
+from gateway.audit import find_records
 from gateway.config import ConfigError, Settings, parse_cancellation_scope, parse_csv_set
+from gateway.days import CST
 from gateway.embedded import EmbeddedRedisError, store_url
+from gateway.keys import Keys
 from gateway.logs import setup_logging
 from gateway.loops import DEFAULT_EVENT_LOOP, install_event_loop, parse_event_loop
+from gateway.outage import parse_outage_policy
+from gateway.redis_client import sync_client
 from gateway.server import StartupError, serve
 from gateway.workers import run_workers
 
@@ -47,18 +56,109 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"asyncio or uvloop ($SGW_EVENT_LOOP, default {DEFAULT_EVENT_LOOP})")  # fmt: skip
     s.add_argument("--demo", action="store_true", help="load the demo export set if the store is empty")
     s.add_argument("--demo-staff", type=int, default=2000, help="demo population size (default 2000)")
+    s.add_argument("--outage-policy", type=parse_outage_policy,
+                   help="refuse (default) or accept-flagged ($SGW_OUTAGE_POLICY)")  # fmt: skip
+    s.add_argument("--degraded-max-age", type=float, dest="degraded_max_age_seconds",
+                   help="seconds cached data may answer after Redis went away ($SGW_DEGRADED_MAX_AGE, default 600)")  # fmt: skip
+    s.add_argument("--max-concurrent-rpcs", type=int,
+                   help="calls handled at once, more are refused ($SGW_MAX_CONCURRENT_RPCS, default 1000)")  # fmt: skip
+    s.add_argument("--tls-cert", type=Path, help="server certificate, PEM ($SGW_TLS_CERT)")
+    s.add_argument("--tls-key", type=Path, help="its private key, PEM ($SGW_TLS_KEY)")
+    s.add_argument(
+        "--tls-client-ca", type=Path, help="CA that signs client certificates ($SGW_TLS_CLIENT_CA)"
+    )
+    s.add_argument("--tls-clients", type=Path,
+                   help="TOML: client identity -> institution codes ($SGW_TLS_CLIENTS)")  # fmt: skip
+
+    a = sub.add_parser("audit", help="find audit records (rejections, exemptions, outage payments)")
+    a.add_argument("--settlement", help="settlement id (HIS mdtrt_id)")
+    a.add_argument("--staff", help="staff code")
+    a.add_argument("--institution", help="institution code")
+    a.add_argument(
+        "--since",
+        type=parse_when,
+        help="from this time: YYYY-MM-DD[THH:MM[:SS]], CST unless an offset is given",
+    )
+    a.add_argument(
+        "--until", type=parse_when_end, help="up to this time (a bare date includes the whole day)"
+    )
+    a.add_argument("--limit", type=int, help="stop after this many records")
+    a.add_argument("--redis-url", help="($SGW_REDIS_URL; default: the embedded store)")
+    a.add_argument("--state-dir", type=Path, help="embedded Redis directory ($SGW_STATE_DIR)")
+    a.add_argument("--namespace", help="key namespace ($SGW_NAMESPACE, default sgw)")
     return parser
+
+
+def _parse_time(text: str, end_of_day: bool) -> float:
+    try:
+        if len(text) == 10:
+            day = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), CST)
+            return (day + dt.timedelta(days=1 if end_of_day else 0)).timestamp() - (
+                0.001 if end_of_day else 0
+            )
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date or time: {text!r} (YYYY-MM-DD[THH:MM[:SS]][+08:00])"
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=CST)).timestamp()
+
+
+def parse_when(text: str) -> float:
+    return _parse_time(text, end_of_day=False)
+
+
+def parse_when_end(text: str) -> float:
+    return _parse_time(text, end_of_day=True)
 
 
 SETTING_FLAGS = (
     "listen", "metrics_listen", "redis_url", "state_dir", "namespace", "max_lines",
     "emergency_med_types", "national_cancellation", "redis_timeout_seconds",
-    "shutdown_grace_seconds", "log_level", "event_loop", "workers",
+    "shutdown_grace_seconds", "log_level", "event_loop", "workers", "outage_policy",
+    "degraded_max_age_seconds", "max_concurrent_rpcs", "tls_cert", "tls_key", "tls_client_ca",
+    "tls_clients",
 )  # fmt: skip
+
+
+def audit_main(args: argparse.Namespace) -> int:
+    """Print the matching audit records as JSON lines, oldest first."""
+    if not any((args.settlement, args.staff, args.institution, args.since, args.until)):
+        print("settlement-gateway audit: give --settlement, --staff, --institution, --since or --until",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        settings = Settings.from_env(
+            redis_url=args.redis_url, state_dir=args.state_dir, namespace=args.namespace
+        )
+    except ConfigError as exc:
+        print(f"settlement-gateway: {exc}", file=sys.stderr)
+        return 2
+    found = 0
+    try:
+        with store_url(settings.redis_url, settings.state_dir) as url:
+            client = sync_client(url, timeout=30)
+            records = find_records(
+                client, Keys(settings.namespace), args.settlement, args.staff, args.institution,
+                args.since, args.until,
+            )  # fmt: skip
+            for record in records:
+                sys.stdout.buffer.write(orjson.dumps(record.to_json()) + b"\n")
+                found += 1
+                if args.limit and found >= args.limit:
+                    break
+            client.close()
+    except (redis.exceptions.RedisError, OSError, EmbeddedRedisError) as exc:
+        print(f"settlement-gateway audit: cannot read the audit trail: {exc}", file=sys.stderr)
+        return 1
+    print(f"{found} audit record(s)", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "audit":
+        return audit_main(args)
     try:
         settings = Settings.from_env(**{name: getattr(args, name) for name in SETTING_FLAGS})
     except (ConfigError, TypeError) as exc:
