@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint typecheck proto proto-check bench locust clean
+.PHONY: run test lint typecheck proto proto-check bench bench-publish locust clean
 
 $(BIN)/settlement-gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ proto: venv
 BENCH_ARGS ?= --scaling
 bench: venv
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+
+## A 1,000,000-row full export published while the gateway is under load; writes benchmarks/RESULTS.md.
+bench-publish: venv
+	$(BIN)/python -m benchmarks.bench_publish $(BENCH_PUBLISH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,423 @@
+"""One command: publish a 1,000,000-row full staff export while the gateway is under load.
+
+    python -m benchmarks.bench_publish            # or: make bench-publish
+
+Starts a private redis-server, writes a synthetic national export (``demo-data``) of
+``--rows`` staff rows in two variants that differ only in ``--probes`` probe doctors (正常 in
+variant A, 中止 in variant B), loads A, and starts the gateway. Each run then:
+
+1. publishes the other variant with nothing else running (the **baseline**, same machine,
+   same minute);
+2. starts a steady open-loop load on the gateway (``--rate`` requests/s, each with the probe
+   doctors and random demo staff), and publishes the other variant again through the real
+   ``settlement-loader sync`` process, timing it end to end and reading its peak RSS.
+
+Every reply is checked: a gRPC error or deadline is an **error**; a reply whose probe lines
+are not all ACCEPT (a version from A) or all REJECT/STAFF_SUSPENDED (from B), or whose data
+version is unknown, is a **mixed** answer. Figures are medians of ``--runs`` runs, printed
+and written to ``benchmarks/RESULTS.md`` (this harness's own section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import random
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import orjson
+
+from benchmarks import processes
+from benchmarks.loadgen import percentile
+from gateway.pb.settlement.v1 import gateway_pb2 as pb
+from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
+from loader.demo import HOSPITAL, STAFF_HEADERS, DemoSet
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION_BEGIN = "<!-- publish-bench:begin -->"
+SECTION_END = "<!-- publish-bench:end -->"
+WORKDIR = Path(__file__).with_name("out") / "publish"
+PROBE_PREFIX = "D339999"  # a division the demo population never uses
+DEADLINE_SECONDS = 2.0
+SETTLE_SECONDS = 2.0
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def probe_codes(probes: int) -> list[str]:
+    return [f"{PROBE_PREFIX}{i:06d}" for i in range(probes)]
+
+
+def probe_rows(probes: int, status: str) -> list[str]:
+    lines = []
+    for code in probe_codes(probes):
+        row = dict.fromkeys(STAFF_HEADERS, "")
+        row.update({"人员代码": code, "人员类别": "医师", "定点机构代码": HOSPITAL, "科室编码": "A03",
+                    "协议状态": status, "开始日期": "2020-01-01"})  # fmt: skip
+        lines.append(",".join(row[h] for h in STAFF_HEADERS) + "\r\n")
+    return lines
+
+
+@dataclass(frozen=True)
+class Exports:
+    institutions: Path
+    departments: Path
+    variants: dict[str, Path]  # "A": probes 正常, "B": probes 中止
+    sample_codes: list[str]
+
+
+def make_exports(workdir: Path, rows: int, probes: int) -> Exports:
+    """The demo export set, plus the staff file in two variants (cached between runs)."""
+    base_dir = workdir / f"demo-{rows}"
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
+    demo = DemoSet(today, rows * 7 // 8, rows=rows - probes)
+    if not (base_dir / "staff.csv").exists():
+        print(f"writing a {rows:,}-row demo export to {base_dir} …", flush=True)
+        demo.write(base_dir, "csv")
+    variants = {}
+    body = (base_dir / "staff.csv").read_bytes()
+    for name, status in (("A", "正常"), ("B", "中止")):
+        path = base_dir / f"staff-{name}.csv"
+        if not path.exists():
+            path.write_bytes(body + "".join(probe_rows(probes, status)).encode("utf-8"))
+        variants[name] = path
+    rng = random.Random(7)
+    sample = [row[0] for row, _ in zip(demo.staff_rows(), range(20_000), strict=False)]
+    return Exports(
+        base_dir / "institutions.csv", base_dir / "departments.csv", variants, rng.sample(sample, 2_000)
+    )
+
+
+# --- the loader as a process -------------------------------------------------------------
+
+
+@dataclass
+class Publish:
+    variant: str
+    seconds: float
+    max_rss_mb: float
+    result: dict[str, object]
+
+
+def run_loader(path: Path, variant: str, env: dict[str, str]) -> Publish:
+    """``settlement-loader sync`` as an operator runs it: wall time and peak RSS (wait4)."""
+    argv = [str(Path(sys.executable).parent / "settlement-loader"), "sync", str(path), "--json"]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"loader exited {proc.returncode}: {out.decode()} {err.decode()[-2000:]}")
+    return Publish(variant, seconds, usage.ru_maxrss / 1024, orjson.loads(out))
+
+
+# --- the load client (a separate process, so it does not share the driver's GIL) --------------
+
+
+def client_request(
+    rng: random.Random, probes: list[str], sample: list[str], lines: int, n: int
+) -> pb.ValidateRequest:
+    now = time.time()
+    codes = probes + rng.sample(sample, max(0, lines - len(probes)))
+    request = pb.ValidateRequest(
+        request_id=f"bench-{n}", institution_code=HOSPITAL, settlement_id=f"M{n}", med_type="11"
+    )
+    for i, code in enumerate(codes):
+        line = request.lines.add(
+            line_id=str(i), staff_code=code, department_code="A03", item_code="XA01AAA001"
+        )
+        line.amount_fen = 1000
+        line.service_time.FromSeconds(int(now))
+    return request
+
+
+async def load_client(port: int, rate: float, lines: int, probes: int, sample_file: Path, out: Path) -> None:
+    """Open loop at ``rate`` calls/s until SIGTERM; one JSON line per call at the end."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    sample = orjson.loads(sample_file.read_bytes())
+    probe_list = probe_codes(probes)
+    rng = random.Random(11)
+    records: list[tuple[float, float, str, str]] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.SettlementGatewayStub(channel)
+
+        async def call(n: int) -> None:
+            sent = time.time()
+            try:
+                reply = await stub.Validate(
+                    client_request(rng, probe_list, sample, lines, n), timeout=DEADLINE_SECONDS
+                )
+            except grpc.aio.AioRpcError as exc:
+                records.append((sent, time.time() - sent, "", f"error:{exc.code().name}"))
+                return
+            verdicts = {(v.verdict, v.reason) for v in reply.verdicts[:probes]}
+            kind = (
+                "A" if verdicts == {(pb.ACCEPT, pb.OK)}
+                else "B" if verdicts == {(pb.REJECT, pb.STAFF_SUSPENDED)}
+                else "mixed:" + ",".join(sorted(f"{pb.Verdict.Name(v)}/{pb.Reason.Name(r)}" for v, r in verdicts))
+            )  # fmt: skip
+            records.append((sent, time.time() - sent, reply.data_version, kind))
+
+        tasks: set[asyncio.Task[None]] = set()
+        start, n = time.monotonic(), 0
+        while not stop.is_set():
+            task = asyncio.create_task(call(n))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        await asyncio.gather(*tasks)
+    out.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+
+
+# --- one run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    baseline: Publish
+    loaded: Publish
+    calls: int = 0
+    errors: int = 0
+    mixed: int = 0
+    quiet_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p99, max before the publish
+    during_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)  # while it ran
+    switch_seconds: float = float("nan")  # publish exit → first reply of the new version
+    examples: list[str] = field(default_factory=list)
+
+
+def latency_ms(records: Sequence[list[object]]) -> tuple[float, float, float]:
+    values = [int(float(r[1]) * 1e6) for r in records if not str(r[3]).startswith("error")]  # type: ignore[arg-type]
+    if not values:
+        return (float("nan"),) * 3  # type: ignore[return-value]
+    return (percentile(values, 50) / 1000, percentile(values, 99) / 1000, max(values) / 1000)
+
+
+def analyse(
+    run: Run, records: list[list[object]], versions: dict[str, str], window: tuple[float, float]
+) -> None:
+    run.calls = len(records)
+    for _, _, version, kind in records:
+        if str(kind).startswith("error"):
+            run.errors += 1
+            run.examples.append(str(kind))
+        elif versions.get(str(version)) != kind:
+            run.mixed += 1
+            run.examples.append(f"{version}: {kind} (expected {versions.get(str(version))})")
+    begin, end = window
+    run.quiet_ms = latency_ms([r for r in records if float(r[0]) < begin])  # type: ignore[arg-type]
+    run.during_ms = latency_ms([r for r in records if begin <= float(r[0]) <= end])  # type: ignore[arg-type]
+    new_version = str(run.loaded.result["data_version"])
+    first_new = min((float(r[0]) + float(r[1]) for r in records if r[2] == new_version), default=float("nan"))  # type: ignore[arg-type]
+    run.switch_seconds = first_new - end
+
+
+def one_run(args: argparse.Namespace, exports: Exports, env: dict[str, str], gateway: processes.Service,
+            live: list[str], versions: dict[str, str], workdir: Path, index: int) -> Run:  # fmt: skip
+    def flip() -> str:
+        live[0] = "B" if live[0] == "A" else "A"
+        return live[0]
+
+    variant = flip()
+    baseline = run_loader(exports.variants[variant], variant, env)
+    versions[str(baseline.result["data_version"])] = variant
+    out = workdir / f"calls-{index}.jsonl"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.bench_publish", "--load-client", "--port", str(gateway.port),
+         "--rate", str(args.rate), "--lines", str(args.lines), "--probes", str(args.probes),
+         "--sample-file", str(workdir / "sample.json"), "--calls-file", str(out)],
+    )  # fmt: skip
+    try:
+        time.sleep(SETTLE_SECONDS)
+        variant = flip()
+        begin = time.time()
+        loaded = run_loader(exports.variants[variant], variant, env)
+        end = time.time()
+        versions[str(loaded.result["data_version"])] = variant
+        time.sleep(SETTLE_SECONDS)
+    finally:
+        client.send_signal(signal.SIGTERM)
+        client.wait(timeout=60)
+    run = Run(baseline, loaded)
+    analyse(run, [orjson.loads(line) for line in out.read_bytes().splitlines()], versions, (begin, end))
+    return run
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def med(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report(
+    args: argparse.Namespace, runs: list[Run], load_before: str, load_after: str, took: float
+) -> list[str]:
+    base = med([r.baseline.seconds for r in runs])
+    loaded = med([r.loaded.seconds for r in runs])
+    rss = max(max(r.baseline.max_rss_mb, r.loaded.max_rss_mb) for r in runs)
+    phases = {k: med([float(r.loaded.result["phases"][k]) for r in runs]) for k in ("read", "publish")}  # type: ignore[index]
+    calls, errors, mixed = (sum(getattr(r, f) for r in runs) for f in ("calls", "errors", "mixed"))
+    command = "python -m benchmarks.bench_publish " + shlex.join(args.argv)
+    rows = [
+        "| run | baseline s (idle) | under load s | **ratio** | peak RSS MB | calls | errors | mixed "
+        "| p50 / p99 / max ms before | p50 / p99 / max ms during | first reply of new version vs loader exit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for i, r in enumerate(runs, start=1):
+        rows.append(
+            f"| {i} | {r.baseline.seconds:.2f} | {r.loaded.seconds:.2f} | {r.loaded.seconds / r.baseline.seconds:.2f}× "
+            f"| {max(r.baseline.max_rss_mb, r.loaded.max_rss_mb):,.0f} | {r.calls:,} | {r.errors} | {r.mixed} "
+            f"| {' / '.join(f'{v:.1f}' for v in r.quiet_ms)} | {' / '.join(f'{v:.1f}' for v in r.during_ms)} "
+            f"| {r.switch_seconds * 1000:.0f} ms |"
+        )
+    verdict = "meets" if loaded <= 15 and rss <= 1536 and not errors and not mixed else "DOES NOT meet"
+    return [
+        f"## Publishing a {args.rows:,}-row full export under load (`benchmarks/bench_publish.py`)",
+        "",
+        f"Command: `{command.strip()}` (what `make bench-publish` runs). Taken "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {took:.0f} s; load average (1/5/15 min) "
+        f"before {load_before}, after {load_after}.",
+        "",
+        f"- {os.cpu_count()} cores, nothing pinned: loader, redis-server, gateway (1 worker) and the "
+        "load client share them.",
+        f"- Export: {args.rows:,} staff rows (UTF-8 CSV, {exports_size(args):,.0f} MB), "
+        f"{args.probes} probe doctors flipping between 正常 and 中止 from one publish to the next.",
+        f"- Load: open loop, {args.rate:g} Validate calls/s of {args.lines} lines "
+        f"(the {args.probes} probes + random demo staff), deadline {DEADLINE_SECONDS:g} s, from "
+        f"{SETTLE_SECONDS:g} s before the publish to {SETTLE_SECONDS:g} s after it.",
+        "- Time is `settlement-loader sync --json` wall time, process start to exit (reading, "
+        "validation, grouping, encoding, staged writes, verification, atomic commit); RSS is its "
+        "peak (`wait4`). The baseline is the same publish with the gateway idle, in the same run.",
+        "",
+        f"**Median under load: {loaded:.2f} s** (read {phases['read']:.2f} s + publish "
+        f"{phases['publish']:.2f} s) against {base:.2f} s idle (**{loaded / base:.2f}×**); "
+        f"peak RSS {rss:,.0f} MB; {calls:,} calls, **{errors} errors, {mixed} mixed answers** — "
+        f"{verdict} the target (≤ 15 s, ≤ 1.5 GB, zero errors, zero mixed versions).",
+        "",
+        *rows,
+        *(
+            ["", "Examples: " + "; ".join(sorted({e for r in runs for e in r.examples})[:10])]
+            if errors or mixed
+            else []
+        ),
+    ]
+
+
+def exports_size(args: argparse.Namespace) -> float:
+    return float(args.export_bytes) / 1e6
+
+
+def write_section(path: Path, lines: list[str]) -> None:
+    """Replace this harness's section of RESULTS.md, keeping every other section."""
+    section = "\n".join([SECTION_BEGIN, *lines, SECTION_END])
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if SECTION_BEGIN in text and SECTION_END in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        text = head + section + rest.split(SECTION_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench_publish", description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--rate", type=float, default=200.0, help="Validate calls per second during the publish")
+    p.add_argument("--lines", type=int, default=20)
+    p.add_argument("--probes", type=int, default=10)
+    p.add_argument("--workdir", type=Path, default=WORKDIR)
+    p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to update ('-': none)")
+    # The load client's own options (the harness starts it as a subprocess).
+    p.add_argument("--load-client", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--sample-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--calls-file", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.load_client:
+        asyncio.run(
+            load_client(args.port, args.rate, args.lines, args.probes, args.sample_file, args.calls_file)
+        )
+        return 0
+    started = time.monotonic()
+    load_before = load_average()
+    workdir: Path = args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    exports = make_exports(workdir, args.rows, args.probes)
+    args.export_bytes = exports.variants["A"].stat().st_size
+    (workdir / "sample.json").write_bytes(orjson.dumps(exports.sample_codes))
+    redis_dir = workdir / "redis"
+    redis_dir.mkdir(exist_ok=True)
+    redis_server = processes.start_redis(redis_dir, None)
+    services = [redis_server]
+    with processes.running(services):
+        redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
+        env = {
+            **os.environ,
+            "SGW_REDIS_URL": redis_url,
+            "SGW_STATE_DIR": str(workdir / "state"),
+            "SGW_LOG_LEVEL": "WARNING",
+        }
+        for path in (exports.institutions, exports.departments):
+            run_loader(path, "-", env)
+        live = ["A"]
+        versions = {str(run_loader(exports.variants["A"], "A", env).result["data_version"]): "A"}
+        port, metrics_port = processes.free_port(), processes.free_port()
+        probe = client_request(
+            random.Random(1), probe_codes(args.probes), exports.sample_codes, args.lines, 0
+        )
+        command = processes.gateway_command(redis_url, port, metrics_port, workdir / "state")
+        gateway = processes.start_server(command, port, metrics_port, probe, None, workdir)
+        services.append(gateway)
+        runs = []
+        for index in range(args.runs):
+            run = one_run(args, exports, env, gateway, live, versions, workdir, index)
+            print(
+                f"run {index + 1}: idle {run.baseline.seconds:.2f} s, under load {run.loaded.seconds:.2f} s, "
+                f"RSS {run.loaded.max_rss_mb:,.0f} MB, {run.calls} calls, {run.errors} errors, {run.mixed} mixed",
+                flush=True,
+            )
+            runs.append(run)
+    lines = report(args, runs, load_before, load_average(), time.monotonic() - started)
+    print("\n".join(lines))
+    if str(args.output) != "-":
+        write_section(args.output, lines)
+    return 0 if all(not r.errors and not r.mixed for r in runs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
