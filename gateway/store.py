@@ -31,7 +31,7 @@ from gateway.cache import RecordCache
 from gateway.keys import Keys
 from gateway.outage import OutagePolicy, usable_lookup
 from gateway.records import DepartmentActions, InstitutionRecord, StaffRecord
-from gateway.redis_client import AsyncRedis
+from gateway.redis_client import AsyncRedis, ReadOnlyScript
 from gateway.versions import VersionMeta
 
 T = TypeVar("T")
@@ -117,7 +117,7 @@ class Store:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.outage_policy = outage_policy
         self.degraded_max_age_seconds = degraded_max_age_seconds
-        self._script = client.register_script(READ_SCRIPT)
+        self._script = ReadOnlyScript(client, READ_SCRIPT)
         self._meta: VersionMeta | None = None
         self._meta_lock = asyncio.Lock()
 

@@ -44,6 +44,8 @@ class RedisProcess:
     workdir: Path
     extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    # What the readiness check connects with (e.g. a user and password, or rediss://).
+    ready_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -57,7 +59,11 @@ class RedisProcess:
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
+        client = (
+            redis.Redis.from_url(self.ready_url, socket_timeout=0.5)
+            if self.ready_url
+            else redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
+        )
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                 if client.ping():
