@@ -205,6 +205,12 @@ def _sync(
             "cannot tell the file kind from its header row "
             f"({', '.join(h for h in headers if h)}); pass --kind staff|institution|department",
         )
+    detected = detect_kind(headers)
+    if options.kind and detected and detected != options.kind:
+        return finish(
+            Outcome.REFUSED,
+            f"--kind {options.kind} given, but the header row is a {detected} export's; nothing loaded",
+        )
     result.kind = kind
     missing = [h for h in REQUIRED[kind] if h not in headers]
     if missing:
@@ -234,11 +240,13 @@ def _sync(
     result.rejected = len(errors)
     result.accepted = sum(map(len, groups.values()))
     result.rows = result.accepted + result.rejected
+    report_path = options.report or report.default_path(path)
     if errors:
-        report_path = options.report or report.default_path(path)
         report.write(report_path, path, errors)
         result.report = str(report_path)
         result.rejected_by_reason = report.by_reason(errors)
+    elif options.report is None:
+        report_path.unlink(missing_ok=True)  # an earlier run's report of this file is stale now
 
     if result.rows == 0:
         return finish(Outcome.REFUSED, "the file has a header but no data rows")

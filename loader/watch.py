@@ -15,13 +15,15 @@ mounts where inotify does not, and costs one ``scandir`` per poll.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import fnmatch
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -41,6 +43,13 @@ REFUSED_DIR = "refused"
 EXPORT_SUFFIXES = frozenset({".csv", ".txt", *XLSX_SUFFIXES})
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download")
 DEFAULT_DELTA_PATTERNS = ("*delta*", "*增量*")
+WATCH_LOCK = ".settlement-loader-watch.lock"
+
+
+class WatchBusy(RuntimeError):
+    """Another watcher has the directory."""
+
+
 RETRYABLE = (redis.exceptions.RedisError, LockBusy, PublishConflict, StagingError, OSError)
 # Waiting after a failure that is not the file's fault doubles up to this.
 MAX_BACKOFF_SECONDS = 60.0
@@ -138,15 +147,29 @@ class Watcher:
 
     def _file_away(self, path: Path, result: SyncResult) -> None:
         sub = REFUSED_DIR if result.outcome is Outcome.REFUSED else LOADED_DIR
-        stamp = dt.datetime.fromtimestamp(self.clock(), dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = dt.datetime.fromtimestamp(self.clock(), dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         target = self.options.directory / sub / f"{stamp}_{path.name}"
-        path.replace(target)
+        try:
+            path.replace(target)
+        except FileNotFoundError:
+            log.warning("the file vanished while it was loading", extra={"path": str(path)})
+            return
         rejects = report.default_path(path)
         if result.report == str(rejects) and rejects.exists():
             moved = report.default_path(target)
             rejects.replace(moved)
             result.report = str(moved)
         result.path = str(target)
+
+    @contextlib.contextmanager
+    def sole_watcher(self) -> Iterator[None]:
+        """One watcher per directory (two would race to load and move the same file)."""
+        with (self.options.directory / WATCH_LOCK).open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WatchBusy(f"another settlement-loader watches {self.options.directory}") from None
+            yield
 
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set; a load in progress finishes first."""

@@ -230,7 +230,10 @@ def test_watch_loads_landed_files_in_order_and_stops_on_sigterm(env: dict[str, s
     loaded = sorted(p.name.split("_", 1)[1] for p in (inbox / "loaded").iterdir())
     assert loaded == ["a-staff.csv", "a-staff.csv.rejects.csv", "b-institutions.csv", "c-staff-delta.csv"]
     assert [p.name.split("_", 1)[1] for p in (inbox / "refused").iterdir()] == ["garbage.csv"]
-    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["staff-next.csv.part"]
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [
+        ".settlement-loader-watch.lock",
+        "staff-next.csv.part",
+    ]
     status = orjson.loads(loader("status", "--json", env=env).stdout)
     assert [(Path(s["path"]).name, s["mode"]) for s in status["sources"]] == [
         ("b-institutions.csv", "full"),
@@ -248,3 +251,87 @@ def test_watch_loads_landed_files_in_order_and_stops_on_sigterm(env: dict[str, s
     finally:
         proc.kill()
     assert orjson.loads(loader("status", "--json", env=env).stdout)["data_version"] == status["data_version"]
+
+
+def test_a_second_watcher_of_the_same_directory_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    port = free_port()
+    first = start_watch(env, inbox, port)
+    try:
+        wait_for(lambda: scrape(port)["sgw_loader_last_scan_timestamp_seconds"] > 0)
+        second = start_watch(env, inbox, free_port())
+        assert second.wait(timeout=30) == 2
+        assert second.stderr is not None and "another settlement-loader watches" in second.stderr.read()
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
+    finally:
+        first.kill()
+
+
+def test_kind_given_against_the_header_row_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+    staff = write_csv(tmp_path / "s.csv", HEADERS["staff"], [staff_row()])
+    refused = loader("sync", str(staff), "--kind", "institution", env=env)
+    assert refused.returncode == 4 and "header row is a staff export's" in refused.stdout
+
+
+def test_a_clean_reload_removes_the_stale_report(env: dict[str, str], tmp_path: Path) -> None:
+    good = [staff_row(code=f"D330902{i:06d}") for i in range(20)]
+    path = write_csv(tmp_path / "s.csv", HEADERS["staff"], [*good, staff_row(code="x")])
+    assert loader("sync", str(path), env=env).returncode == 3
+    assert (tmp_path / "s.csv.rejects.csv").exists()
+    write_csv(path, HEADERS["staff"], good)
+    assert loader("sync", str(path), env=env).returncode == 0
+    assert not (tmp_path / "s.csv.rejects.csv").exists()
+
+
+def test_progress_bar_on_a_terminal_only(env: dict[str, str], tmp_path: Path) -> None:
+    import pty
+
+    rows = [staff_row(code=f"D330902{i:06d}") for i in range(60_000)]
+    path = write_csv(tmp_path / "s.csv", HEADERS["staff"], rows)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [str(BIN / "settlement-loader"), "sync", str(path)],
+        env=env, stdout=subprocess.PIPE, stderr=terminal, text=True,
+    )  # fmt: skip
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the loader exited
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    assert proc.wait(timeout=60) == 0
+    assert b"reading" in drawn and b"writing" in drawn and "█".encode() in drawn
+    assert proc.stdout is not None and "█" not in proc.stdout.read()  # the summary stays clean
+    piped = loader("sync", str(write_csv(tmp_path / "t.csv", HEADERS["staff"], rows[:-1])), env=env)
+    assert "█" not in piped.stderr and "\r" not in piped.stderr
+
+
+def test_the_loader_yields_cpu_to_the_gateway(env: dict[str, str], tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "s.csv", HEADERS["staff"], [staff_row()])
+    probe = tmp_path / "nice.py"
+    probe.write_text(
+        "import os, sys\nfrom loader import cli, sync\n"
+        "real = sync.sync_file\n"
+        "def spy(*a, **k):\n    print('niceness', os.nice(0), file=sys.stderr)\n    return real(*a, **k)\n"
+        "cli.sync_file = spy\nraise SystemExit(cli.main(sys.argv[1:]))\n",
+        "utf-8",
+    )
+    run = subprocess.run(
+        [sys.executable, str(probe), "sync", str(path)], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0 and f"niceness {os.nice(0) + 10}" in run.stderr
+    path2 = write_csv(tmp_path / "s2.csv", HEADERS["staff"], [staff_row(end="2030-01-01")])
+    kept = subprocess.run(
+        [sys.executable, str(probe), "sync", str(path2), "--nice", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert f"niceness {os.nice(0)}" in kept.stderr
