@@ -369,13 +369,13 @@ def scaling_table(results: list[Scaling]) -> list[str]:
     return rows
 
 
-def write_section(path: Path, lines: list[str]) -> None:
-    """Replace this harness's section of RESULTS.md, keeping every other section."""
-    section = "\n".join([SECTION_BEGIN, *lines, SECTION_END])
+def write_section(path: Path, lines: list[str], begin: str = SECTION_BEGIN, end: str = SECTION_END) -> None:
+    """Replace one harness's section of RESULTS.md (between its markers), keeping every other."""
+    section = "\n".join([begin, *lines, end])
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        text = head + section + rest.split(SECTION_END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)

@@ -40,6 +40,7 @@ import grpc
 import orjson
 
 from benchmarks import processes
+from benchmarks.bench import load_average, write_section
 from benchmarks.loadgen import percentile
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
@@ -328,22 +329,6 @@ def exports_size(args: argparse.Namespace) -> float:
     return float(args.export_bytes) / 1e6
 
 
-def write_section(path: Path, lines: list[str]) -> None:
-    """Replace this harness's section of RESULTS.md, keeping every other section."""
-    section = "\n".join([SECTION_BEGIN, *lines, SECTION_END])
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        text = head + section + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -415,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = report(args, runs, load_before, load_average(), time.monotonic() - started)
     print("\n".join(lines))
     if str(args.output) != "-":
-        write_section(args.output, lines)
+        write_section(args.output, lines, SECTION_BEGIN, SECTION_END)
     return 0 if all(not r.errors and not r.mixed for r in runs) else 1
 
 

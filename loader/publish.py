@@ -265,9 +265,21 @@ class Publisher:
                 raise StagingError(f"staging verification failed: {len(wrong)} sampled records differ")
 
     def _commit_staged(
-        self, kind: str, table_id: str, count: int, source: Source, base: VersionMeta | None
+        self,
+        kind: str,
+        table_id: str,
+        count: int,
+        sample: Mapping[str, bytes],
+        source: Source,
+        base: VersionMeta | None,
     ) -> VersionMeta:
+        """Verify the staged table holds ``count`` records and the sample, then make it live."""
         table_key = self.keys.table(kind, table_id)
+        try:
+            self._verify(kind, table_id, count, sample)
+        except StagingError:
+            self._discard(table_key)
+            raise
         meta = self._next_meta(base, kind, table_id, count, source)
         old_table = base.tables.get(kind) if base else None
         old_key = self.keys.table(kind, old_table) if old_table else table_key
@@ -316,12 +328,7 @@ class Publisher:
         """Stage ``records`` (a stream of key, encoded record) as the new ``kind`` table and
         make it live atomically. ``total`` (the expected number) only drives ``progress``."""
         table_id, sent, sample = self._stage(kind, records, total, progress)
-        try:
-            self._verify(kind, table_id, sent, sample)
-        except StagingError:
-            self._discard(self.keys.table(kind, table_id))
-            raise
-        return self._commit_staged(kind, table_id, sent, source, base)
+        return self._commit_staged(kind, table_id, sent, sample, source, base)
 
     def publish_delta(
         self,
@@ -416,13 +423,8 @@ class Publisher:
                     yield field, new
 
         table_id, _, sample = self._stage(kind, merged(), count, progress)
-        try:
-            # HSCAN may return a field twice; HSET makes that harmless and the count exact.
-            self._verify(kind, table_id, count, sample)
-        except StagingError:
-            self._discard(self.keys.table(kind, table_id))
-            raise
-        return self._commit_staged(kind, table_id, count, source, base)
+        # HSCAN may return a field twice; HSET makes that harmless, and the count is computed.
+        return self._commit_staged(kind, table_id, count, sample, source, base)
 
     def _previous_meta_key(self, base: VersionMeta | None, meta: VersionMeta) -> str:
         # With no previous version the script ignores this key; it must still be in the slot.
