@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
 from gateway.days import format_day
@@ -46,15 +47,20 @@ class RulesConfig:
     national_cancellation: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Line:
-    """What the rules need of one settlement line."""
+class Line(NamedTuple):
+    """One settlement line as read from the request, once: what the rules need, then the id
+    and amount the reply and the metrics need.
+
+    A named tuple, not a frozen dataclass: a 3,000-line bill builds 3,000 of them per request,
+    and a tuple is built several times faster (no ``object.__setattr__`` per field)."""
 
     staff_code: str
     department_code: str
     item_code: str
     service_day: int
     emergency: bool
+    line_id: str = ""
+    amount_fen: int = 0
 
 
 @dataclass(frozen=True, slots=True)

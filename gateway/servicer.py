@@ -122,11 +122,16 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         else:
             decisions = decide_all(parsed.lines, evidence, self.rules)
         response = build_response(
-            request, decisions, snapshot.meta.version, snapshot.meta.as_of, snapshot.degraded
+            request.request_id,
+            parsed.lines,
+            decisions,
+            snapshot.meta.version,
+            snapshot.meta.as_of,
+            snapshot.degraded,
         )
         self.metrics.observe_decision_time(len(decisions), time.perf_counter() - received)
         self.metrics.observe_settlement(
-            parsed.institution_code, parsed.lines, request.lines, decisions, snapshot.degraded
+            parsed.institution_code, parsed.lines, parsed.lines, decisions, snapshot.degraded
         )
         if self.audit is not None:
             self.audit.record(request, decisions, snapshot.meta.version, snapshot.degraded)

@@ -239,8 +239,19 @@ class Store:
         if meta is None:
             raise NoDataError("no data has been loaded")
         for _ in range(MAX_VERSION_CHASES):
+            # Hot records: what the cache holds *of this very version* need not be fetched
+            # or decoded again. The script still checks that the version is live, in the
+            # same atomic step that fetches the rest, so nothing from a superseded version
+            # is ever used: after a publish it answers "moved", and the cache holds nothing
+            # of the new version yet.
+            cached = self.cache.lookup(institution, codes, version=meta.version)
+            staff: dict[str, StaffRecord | None] = {}
+            fetch = codes
+            if cached is not None:
+                staff = cached.staff
+                fetch = [code for code in codes if code in cached.missing_staff]
             with self._timed("read"):
-                reply = await self._call(self.fetch_raw(meta, institution, codes))
+                reply = await self._call(self.fetch_raw(meta, institution, fetch))
             if len(reply) == 1:
                 if reply[0] is None:
                     self._meta = None
@@ -248,13 +259,12 @@ class Store:
                 meta = await self._adopt(reply[0].decode())
                 continue
             _, inst_raw, dept_raw, *staff_raw = reply
-            return Snapshot(
-                meta=meta,
-                institution=InstitutionRecord.decode(inst_raw) if inst_raw else None,
-                departments=DepartmentActions.decode(dept_raw) if dept_raw else None,
-                staff={
-                    code: StaffRecord.decode(raw) if raw else None
-                    for code, raw in zip(codes, staff_raw, strict=True)
-                },
-            )
+            for code, raw in zip(fetch, staff_raw, strict=True):
+                staff[code] = StaffRecord.decode(raw) if raw else None
+            if cached is not None and cached.institution_known:
+                institution_record, departments = cached.institution, cached.departments
+            else:
+                institution_record = InstitutionRecord.decode(inst_raw) if inst_raw else None
+                departments = DepartmentActions.decode(dept_raw) if dept_raw else None
+            return Snapshot(meta=meta, institution=institution_record, departments=departments, staff=staff)
         raise RuntimeError("the data version changed on every attempt; try again")

@@ -156,3 +156,21 @@ async def test_no_data_means_unavailable_and_not_serving(gateway: GatewayApp) ->
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_hot_records_never_outlive_their_version(
+    loaded: None, load: Loader, gateway: GatewayApp, stub: pb_grpc.SettlementGatewayStub
+) -> None:
+    # Records of the live version are reused from the in-process cache; a publish must end that.
+    first = await stub.Validate(request(line("1", DOCTOR)))
+    assert first.verdicts[0].reason == pb.OK
+    assert gateway.store is not None and len(gateway.store.cache) > 0
+    # DOCTOR now comes from the cache, NURSE from Redis: one reply, both of one version.
+    mixed = await stub.Validate(request(line("1", DOCTOR), line("2", NURSE)))
+    assert [v.reason for v in mixed.verdicts] == [pb.OK, pb.OK]
+    assert mixed.data_version == first.data_version
+    result = load("staff", [staff_row(code=DOCTOR, status="中止", start="2026-01-01")], delta=True)
+    assert result.outcome == 0
+    after = await stub.Validate(request(line("1", DOCTOR), line("2", NURSE)))
+    assert [v.reason for v in after.verdicts] == [pb.STAFF_SUSPENDED, pb.OK]
+    assert after.data_version == result.data_version != first.data_version

@@ -6,11 +6,12 @@ import datetime as dt
 
 import pytest
 
+from gateway import settlement
 from gateway.days import CST, day_of_date
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.policy import Reason, Verdict
 from gateway.rules import Decision, RulesConfig
-from gateway.settlement import INT64_MAX, RequestError, build_response, parse_request
+from gateway.settlement import INT64_MAX, RequestError, parse_request
 from tests.exports import line, request
 
 CONFIG = RulesConfig()
@@ -43,6 +44,15 @@ def test_whole_request_faults(build: object, message: str) -> None:
         parse_request(build(), CONFIG, 10)  # type: ignore[operator]
 
 
+def test_a_service_time_at_the_epoch_is_a_time_not_a_missing_one() -> None:
+    # The parser's fast path treats seconds == 0 as "maybe unset" and asks HasField.
+    req = request(line("a"), line("b"))
+    req.lines[0].service_time.FromSeconds(0)
+    req.lines[1].service_time.FromSeconds(-1)
+    parsed = parse_request(req, CONFIG, 10)
+    assert [ln.service_day for ln in parsed.lines] == [0, 0]  # 1970-01-01 08:00 / 07:59:59 CST
+
+
 def test_line_without_service_time_is_named() -> None:
     req = request(line("a"), line("b"))
     req.lines[1].ClearField("service_time")
@@ -73,15 +83,34 @@ def test_codes_are_trimmed() -> None:
     assert parsed.lines[0].staff_code == "D330902001234"
 
 
+def build_response(
+    req: pb.ValidateRequest, decisions: list[Decision], version: str, as_of: float, degraded: bool
+) -> pb.ValidateResponse:
+    lines = parse_request(req, CONFIG, 10).lines
+    return settlement.build_response(req.request_id, lines, decisions, version, as_of, degraded)
+
+
 def test_totals_and_outcome() -> None:
     req = request(line("a", amount_fen=1000), line("b", amount_fen=250), line("c", amount_fen=-100))
     resp = build_response(req, [OK, REJECT, EMERG], "v1", 1.5, degraded=False)
     assert (resp.accepted_fen, resp.rejected_fen) == (900, 250)
     assert resp.outcome == pb.PARTIALLY_REJECTED
     assert [v.line_id for v in resp.verdicts] == ["a", "b", "c"]
+    assert resp.request_id == req.request_id
     assert resp.data_version == "v1" and resp.data_as_of.ToNanoseconds() == 1_500_000_000
     assert build_response(req, [OK, EMERG, OK], "v", 0, False).outcome == pb.ALL_ACCEPTED
     assert build_response(req, [REJECT] * 3, "v", 0, False).outcome == pb.ALL_REJECTED
+
+
+def test_each_line_gets_its_own_verdict_even_when_decisions_are_shared() -> None:
+    req = request(line("a"), line("b"), line("c"), line(""))
+    resp = build_response(req, [REJECT, OK, REJECT, EMERG], "v", 0, False)
+    assert [(v.line_id, v.verdict, v.reason, v.detail, v.rule) for v in resp.verdicts] == [
+        ("a", pb.REJECT, pb.STAFF_SUSPENDED, "x", "y"),
+        ("b", pb.ACCEPT, pb.OK, "", ""),
+        ("c", pb.REJECT, pb.STAFF_SUSPENDED, "x", "y"),
+        ("", pb.ACCEPT_EMERGENCY, pb.STAFF_SUSPENDED, "x", "y"),
+    ]
 
 
 def test_totals_overflowing_int64_are_refused() -> None:
