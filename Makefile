@@ -37,6 +37,14 @@ bench: venv
 bench-publish: venv
 	$(BIN)/python -m benchmarks.bench_publish $(BENCH_PUBLISH_ARGS)
 
+## Locust load test of a running gateway (`make run` in another terminal): the everyday mix of
+## bills, CSV and HTML reports in benchmarks/, exit 1 when the p99 or failure-ratio bound is broken.
+LOCUST_HOST ?= 127.0.0.1:50051
+LOCUST_ARGS ?= --users 50 --spawn-rate 10 --run-time 60s
+locust: venv
+	$(BIN)/locust -f benchmarks/locustfile.py --headless --host $(LOCUST_HOST) $(LOCUST_ARGS) \
+		--csv benchmarks/locust-report --html benchmarks/locust-report.html --only-summary
+
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

@@ -209,8 +209,9 @@ class Harness:
             "--warmup", f"{self.args.warmup:g}", "--event-loop", self.args.event_loop,
         ]  # fmt: skip
         done = subprocess.run(
-            argv, capture_output=True, check=False, preexec_fn=processes.pinned(self.server_cores)
-        )
+            argv, capture_output=True, check=False, env=processes.clean_env(),
+            preexec_fn=processes.pinned(self.server_cores),
+        )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"data ceiling failed: {done.stderr.decode()[-2000:]}")
         result = orjson.loads(done.stdout.splitlines()[-1])

@@ -114,6 +114,13 @@ class Service:
                 self.proc.wait()
 
 
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without settings that would change what is measured (``SGW_*``, a
+    prometheus multiprocess directory left by whoever started the harness)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SGW_", "PROMETHEUS_MULTIPROC"))}
+    return {**env, **(extra or {})}
+
+
 def start_redis(workdir: Path, cores: frozenset[int] | None) -> Service:
     port = free_port()
     args = [
@@ -195,7 +202,7 @@ def start_server(
     logdir: Path,
 ) -> Service:
     log = logdir / f"{command.name.replace(' ', '-')}-{port}.log"
-    env = {**os.environ, **command.env}
+    env = clean_env(command.env)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command.argv, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=pinned(cores)
