@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
@@ -142,6 +144,55 @@ def _conflict_or_raise(exc: redis.exceptions.ResponseError) -> None:
     raise exc
 
 
+class _Writer:
+    """A thread writing batches of field/value arguments into one staging hash: pipelined
+    HSETs of ``WRITE_BATCH`` fields, ``PIPELINE_DEPTH`` per round trip, the TTL renewed on
+    each. The first error stops the writes and is raised in the caller's thread."""
+
+    def __init__(self, client: SyncRedis, key: str) -> None:
+        self.client = client
+        self.key = key
+        self._batches: queue.Queue[list[Any] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="staging-writer", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self._thread.start()
+        return self
+
+    def send(self, args: list[Any]) -> None:
+        if self._error is not None:
+            raise self._error
+        if args:
+            self._batches.put(args)
+
+    def __exit__(self, *exc: object) -> None:
+        self._batches.put(None)  # the writer drains to this mark even after an error
+        self._thread.join()
+        if self._error is not None and exc[0] is None:
+            raise self._error
+
+    def _run(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        step = 2 * WRITE_BATCH
+        created = False
+        while (args := self._batches.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                if not created:  # the TTL is in place before the bulk of the data arrives
+                    pipe.execute_command("HSET", self.key, args[0], args[1])
+                    pipe.expire(self.key, STAGING_TTL_SECONDS)
+                    pipe.execute()
+                    args, created = args[2:], True
+                for start in range(0, len(args), step):
+                    pipe.execute_command("HSET", self.key, *args[start : start + step])
+                pipe.expire(self.key, STAGING_TTL_SECONDS)
+                pipe.execute()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                self._error = exc
+
+
 class Publisher:
     """The only writer of data versions."""
 
@@ -219,36 +270,31 @@ class Publisher:
         self, kind: str, records: Iterable[tuple[str, bytes]], total: int, progress: Progress | None
     ) -> tuple[str, int, dict[str, bytes]]:
         """Write ``records`` into a new staging table; returns its id, the number of fields
-        sent and a sample of them for verification."""
+        sent and a sample of them for verification.
+
+        Encoding (this thread) and writing (a writer thread, which waits on Redis with the GIL
+        released) overlap, so Redis works through one round trip while the next is encoded."""
         table_id = new_version_id(self.clock())
         key = self.keys.table(kind, table_id)
         self.client.zadd(self.keys.staging, {key: self.clock()})
         sent = 0
         sample: dict[str, bytes] = {}
         every = max(1, total // VERIFY_SAMPLE)
-        pipe = self.client.pipeline(transaction=False)
-        queued = 0
-        args: list[Any] = []
-        for field, value in records:
-            args.append(field)
-            args.append(value)
-            if sent % every == 0:
-                sample[field] = value
-            sent += 1
-            if len(args) >= 2 * WRITE_BATCH:
-                pipe.execute_command("HSET", key, *args)
-                args = []
-                queued += 1
-                if queued >= PIPELINE_DEPTH:
-                    pipe.expire(key, STAGING_TTL_SECONDS)
-                    pipe.execute()
-                    queued = 0
+        round_trip = 2 * WRITE_BATCH * PIPELINE_DEPTH
+        with _Writer(self.client, key) as writer:
+            args: list[Any] = []
+            for field, value in records:
+                args.append(field)
+                args.append(value)
+                if sent % every == 0:
+                    sample[field] = value
+                sent += 1
+                if len(args) >= round_trip:
+                    writer.send(args)
+                    args = []
                     if progress is not None:
                         progress(sent, total)
-        if args:
-            pipe.execute_command("HSET", key, *args)
-        pipe.expire(key, STAGING_TTL_SECONDS)
-        pipe.execute()
+            writer.send(args)
         if progress is not None:
             progress(sent, total)
         return table_id, sent, sample

@@ -318,3 +318,15 @@ async def test_grpc_answers_during_publishes_come_from_one_version(
     ]
     assert not mixed and len(replies) > 20
     assert len({r.data_version for r in replies}) >= 3
+
+
+def test_a_write_error_in_the_staging_writer_reaches_the_caller(sync_redis: redis.Redis) -> None:
+    sync_redis.set("{sgw}:staff:not-a-hash", "x")
+    with (
+        pytest.raises(redis.ResponseError, match="WRONGTYPE"),
+        publish._Writer(sync_redis, "{sgw}:staff:not-a-hash") as writer,
+    ):
+        writer.send(["D330902000001", b"{}"])
+        for _ in range(100):  # later sends see the error instead of queueing more
+            time.sleep(0.01)
+            writer.send(["D330902000002", b"{}"])

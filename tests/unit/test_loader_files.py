@@ -281,3 +281,16 @@ def test_progress_bar_only_on_a_terminal() -> None:
     bar.update("writing", 100, 100)
     bar.close()
     assert "reading" in stream.getvalue() and "100.0%" in stream.getvalue()
+
+
+def test_excel_unicode_text_export_utf16_tabs(tmp_path: Path) -> None:
+    """Excel's "Unicode text" save: UTF-16 with a BOM, tab separated."""
+    path = tmp_path / "excel.txt"
+    text = "\t".join(HEADERS["staff"]) + "\r\n" + "\t".join(staff_row(name="欧阳娜娜")) + "\r\n"
+    path.write_bytes(text.encode("utf-16"))
+    facts = scan_file(path)
+    assert (facts.encoding, facts.clean) == ("utf-16", True)
+    table = open_table(path, facts)
+    assert [ColumnMapping().canonical(h) for h in table.headers] == HEADERS["staff"]
+    ((line, cells),) = list(table.rows)
+    assert line == 2 and cells == staff_row(name="欧阳娜娜")
