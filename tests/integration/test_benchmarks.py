@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from benchmarks import bench, loadgen
+from benchmarks import bench, loadgen, profile
 from benchmarks.workload import BillMaker, StaffPool, requests_of_size, staff_per_bill
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 
@@ -70,3 +70,20 @@ def test_bills_have_the_requested_size_and_a_few_staff() -> None:
         assert all(line.HasField("service_time") for line in request.lines)
     emergency = BillMaker(pool).bill(5, encounter=pb.EMERGENCY, med_type="13")
     assert emergency.encounter == pb.EMERGENCY and len(emergency.lines) == 5
+
+
+def test_profile_sums_samples_by_component(tmp_path: Path) -> None:
+    raw = tmp_path / "samples.txt"
+    raw.write_text(
+        "run (asyncio/runners.py:190);Runner.run (asyncio/runners.py:118) 50\n"
+        "Thread.run (threading.py:982) 10\n"
+        "judge (gateway/servicer.py:102);parse_request (gateway/settlement.py:86) 20\n"
+        "judge (gateway/servicer.py:110);read (gateway/store.py:200);execute_command (redis/asyncio/client.py:946);"
+        "writelines (asyncio/streams.py:346) 20\n"
+    )
+    assert dict(profile.summarize(raw)) == {
+        profile.CORE: 50.0,
+        profile.POLLER: 10.0,
+        "request parsing (settlement.parse_request)": 20.0,
+        "Redis client (redis-py)": 20.0,
+    }
