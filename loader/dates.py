@@ -49,6 +49,11 @@ class DayCache:
     def __init__(self) -> None:
         self._days: dict[str, int] = {}
 
+    @property
+    def known(self) -> dict[str, int]:
+        """Cells parsed so far (the live dict: a fast path may look dates up directly)."""
+        return self._days
+
     def __call__(self, text: str) -> int:
         day = self._days.get(text)
         if day is None:

@@ -294,3 +294,23 @@ def test_excel_unicode_text_export_utf16_tabs(tmp_path: Path) -> None:
     assert [ColumnMapping().canonical(h) for h in table.headers] == HEADERS["staff"]
     ((line, cells),) = list(table.rows)
     assert line == 2 and cells == staff_row(name="欧阳娜娜")
+
+
+def test_the_fast_path_agrees_with_the_careful_one() -> None:
+    """Every row the fast path accepts gives the careful path's entry; the rest it leaves."""
+    demo = DemoSet(dt.date(2026, 11, 24), 400, bad_share=0.2)
+    rows = list(demo.staff_rows())
+    spaced = [[f" {c}" if i % 3 == 0 else c for i, c in enumerate(r)] for r in rows[:50]]
+    prefixed = [
+        [("医保" + c) if h == "人员类别" else c for h, c in zip(STAFF_HEADERS, r, strict=True)]
+        for r in rows[:20]
+    ]
+    for keep_names in (False, True):
+        fast = RowValidator("staff", STAFF_HEADERS, DEFAULT_SHAPES, ColumnMapping(), keep_names=keep_names)
+        careful = RowValidator("staff", STAFF_HEADERS, DEFAULT_SHAPES, ColumnMapping(), keep_names=keep_names)
+        careful._fast_ok = False
+        took_fast = 0
+        for line, row in enumerate(rows + spaced + prefixed + rows, start=2):
+            took_fast += fast._fast(line, list(row)) is not None
+            assert fast.check(line, list(row)) == careful.check(line, list(row))
+        assert took_fast > len(rows) // 2  # the second pass knows every date: mostly fast
