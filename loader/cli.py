@@ -19,19 +19,16 @@ from types import FrameType
 
 import orjson
 import redis.exceptions
-from prometheus_client import CollectorRegistry, start_http_server
 
 from gateway.config import ConfigError, Settings
 from gateway.embedded import EmbeddedRedisError, store_url
 from gateway.keys import Keys
 from gateway.logs import setup_logging
 from gateway.redis_client import sync_client
-from gateway.server import StartupError, split_host_port
 from loader import progress
 from loader.columns import KINDS, ColumnMapping
 from loader.demo import FORMATS, SCENARIOS, DemoSet, load_order
 from loader.lock import LockBusy
-from loader.metrics import LoaderMetrics
 from loader.publish import PublishConflict, Publisher, StagingError
 from loader.status import live_status, render_status
 from loader.sync import Outcome, SyncOptions, SyncResult, sync_file
@@ -236,6 +233,12 @@ def _status(publisher: Publisher, as_json: bool) -> int:
 
 
 def _watch(args: argparse.Namespace, publisher: Publisher, options: SyncOptions) -> int:
+    # Imported here: gRPC and the HTTP server would add a tenth of a second to every `sync`.
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from gateway.server import StartupError, split_host_port
+    from loader.metrics import LoaderMetrics
+
     if not args.directory.is_dir():
         print(f"settlement-loader: {args.directory} is not a directory", file=sys.stderr)
         return int(Outcome.USAGE)
