@@ -55,7 +55,8 @@ def pinned(cores: frozenset[int] | None) -> Callable[[], None] | None:
     return lambda: os.sched_setaffinity(0, chosen)
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (read from /proc), in pid order."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -63,7 +64,7 @@ def _children(pid: int) -> list[int]:
                 stat = (entry / "stat").read_text()
                 if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
                     found.append(int(entry.name))
-    return found
+    return sorted(found)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -72,7 +73,7 @@ def process_tree(pid: int) -> list[int]:
     while todo:
         current = todo.pop()
         tree.append(current)
-        todo.extend(_children(current))
+        todo.extend(children(current))
     return tree
 
 

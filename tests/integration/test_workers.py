@@ -21,6 +21,7 @@ import grpc
 import orjson
 import pytest
 
+from benchmarks.processes import children
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from tests import exports
@@ -75,19 +76,6 @@ class Supervisor:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                found.append(int(entry.name))
-    return sorted(found)
 
 
 def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
