@@ -420,6 +420,39 @@ def report(h: Harness, samples: dict[Key, Sample], scaling: list[Scaling] | None
             "",
             *scaling_table(scaling),
         ]
+    return [*out, "", "### Against the targets (this run)", "", *targets(h, samples, scaling)]
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def targets(h: Harness, samples: dict[Key, Sample], scaling: list[Scaling] | None) -> list[str]:
+    """The issue's targets, read off this run's medians (NaN-safe: a missing point says so)."""
+    out = []
+    if 20 in h.args.sizes:
+        ratios = {
+            c: median(samples[("gateway", 20, c)].throughput) / median(samples[("noop", 20, c)].throughput)
+            for c in h.args.concurrency
+        }
+        shown = ", ".join(f"{r:.0%} at concurrency {c}" for c, r in ratios.items())
+        out.append(
+            f"- 20-line throughput ≥ 80 % of the no-op server's: {shown} — {_met(min(ratios.values()) >= 0.8)}"
+        )
+    for size, bound in ((20, 1.0), (3000, 20.0)):
+        if size in h.args.sizes:
+            p99 = {c: median(samples[("gateway", size, c)].decision_p99) for c in h.args.concurrency}
+            shown = ", ".join(f"{v:.2f} ms at concurrency {c}" for c, v in p99.items())
+            met = [c for c, v in p99.items() if v <= bound]
+            verdict = (
+                _met(bool(met))
+                if len(met) in (0, len(p99))
+                else f"met at concurrency {', '.join(map(str, met))} only"
+            )
+            out.append(f"- decision p99 ≤ {bound:g} ms for {size:,} lines: {shown} — {verdict}")
+    if scaling:
+        factor = median(scaling[1].throughput) / median(scaling[0].throughput)
+        out.append(f"- 2 workers ≥ 1.5 × one worker: {factor:.2f}× — {_met(factor >= 1.5)}")
     return out
 
 
