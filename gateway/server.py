@@ -232,6 +232,7 @@ class GatewayApp:
             write_state_file(self.metrics_dir, os.getpid(), self.state)
 
     async def _refresh_loop(self) -> None:
+        task = asyncio.current_task()
         while True:
             await asyncio.sleep(REFRESH_INTERVAL_SECONDS)
             try:
@@ -240,6 +241,10 @@ class GatewayApp:
                 raise
             except Exception:
                 log.exception("status refresh failed")
+            # The Redis client can turn a cancellation that lands mid-call into a store
+            # error, which the refresh tolerates; stop() must still end this loop.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish within ``grace``, release everything."""

@@ -4,9 +4,14 @@ rules pass promtool, and every alert has a unit test that makes it fire."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,7 +19,7 @@ import yaml
 
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import GatewayApp
-from tests.conftest import Loader
+from tests.conftest import Loader, free_port
 from tests.exports import institution_row, line, request, staff_row
 from tests.integration.test_metrics import wait_for_state_refresh
 from tests.observability import (
@@ -85,7 +90,6 @@ def test_metric_names_are_read_from_promql(expr: str, names: set[str]) -> None:
     assert promql_metric_names(expr) == names
 
 
-@pytest.fixture
 async def live_scrape(load: Loader, gateway: GatewayApp) -> Scrape:
     """A scrape of a gateway that has data and has judged a settlement."""
     assert load("institution", [institution_row()]).outcome == 0
@@ -96,36 +100,75 @@ async def live_scrape(load: Loader, gateway: GatewayApp) -> Scrape:
     return scrape(gateway.metrics_port)
 
 
-def _unknown(names: set[str], live: Scrape) -> set[str]:
-    return names - live.sample_names - recorded_names() - PROMETHEUS_NAMES
+@pytest.fixture
+def loader_scrape(redis_url: str, tmp_path: Path) -> Iterator[Scrape]:
+    """A scrape of a real ``settlement-loader watch`` (its metrics exist from the start)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGW_")}
+    env |= {"SGW_REDIS_URL": redis_url, "SGW_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "settlement-loader"), "watch", str(inbox), "--interval", "0.2",
+         "--metrics-listen", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                found = scrape(port)
+                if found.value("sgw_loader_last_scan_timestamp_seconds"):
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "settlement-loader watch did not serve"
+            )
+            time.sleep(0.1)
+        yield found
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
 
 
-async def test_alert_rules_use_only_exposed_metrics(live_scrape: Scrape) -> None:
+def _unknown(names: set[str], *live: Scrape) -> set[str]:
+    exposed = set().union(*(scrape.sample_names for scrape in live))
+    return names - exposed - recorded_names() - PROMETHEUS_NAMES
+
+
+async def test_alert_rules_use_only_exposed_metrics(load: Loader, gateway: GatewayApp) -> None:
+    live = await live_scrape(load, gateway)
     for rule in rules():
-        assert _unknown(promql_metric_names(rule["expr"]), live_scrape) == set(), rule.get(
+        assert _unknown(promql_metric_names(rule["expr"]), live) == set(), rule.get(
             "alert", rule.get("record")
         )
     prose = " ".join(str(rule.get("annotations", {})) for rule in rules())
-    assert set(PROSE_NAME.findall(prose)) - live_scrape.sample_names - set(live_scrape.families) == set()
+    assert set(PROSE_NAME.findall(prose)) - live.sample_names - set(live.families) == set()
 
 
-async def test_rule_unit_tests_feed_only_real_series(live_scrape: Scrape) -> None:
+async def test_rule_unit_tests_feed_only_real_series(load: Loader, gateway: GatewayApp) -> None:
+    live = await live_scrape(load, gateway)
     series = [
         s["series"] for test in yaml.safe_load(RULE_TESTS.read_text())["tests"] for s in test["input_series"]
     ]
     names = {promql_metric_names(s).pop() for s in series}
-    assert _unknown(names, live_scrape) == set()
+    assert _unknown(names, live) == set()
 
 
-async def test_dashboard_uses_only_exposed_metrics(live_scrape: Scrape) -> None:
+async def test_dashboard_uses_only_exposed_metrics(
+    load: Loader, gateway: GatewayApp, loader_scrape: Scrape
+) -> None:
+    live = await live_scrape(load, gateway)
     exprs = dashboard_exprs()
     assert len(exprs) >= 25
     for title, expr in exprs:
         names = promql_metric_names(expr)
         assert names, title
-        assert _unknown(names, live_scrape) == set(), title
+        assert _unknown(names, live, loader_scrape) == set(), title
     prose = json.dumps([p.get("description", "") for p in dashboard_panels()])
-    assert set(PROSE_NAME.findall(prose)) - live_scrape.sample_names - set(live_scrape.families) == set()
+    known = live.sample_names | set(live.families) | loader_scrape.sample_names | set(loader_scrape.families)
+    assert set(PROSE_NAME.findall(prose)) - known == set()
 
 
 def test_dashboard_is_provisionable() -> None:
