@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -185,13 +185,24 @@ async def test_redis_errors_are_counted_by_kind(
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Validate(request(line()))
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        s = scrape(app.metrics_port)
+        # An aborted call's status reaches the client before the handler has unwound.
+        s = await scrape_when(
+            app, lambda s: s.total("grpc_server_handled_total", grpc_code="Unavailable") > 0
+        )
+        assert s.total("grpc_server_handled_total", grpc_method="Validate", grpc_code="Unavailable") == 1
         # No data was ever loaded: the request path asks for the live pointer, which fails.
         assert s.value("sgw_redis_errors_total", call="live", error="connection") == 1
-        assert s.total("grpc_server_handled_total", grpc_method="Validate", grpc_code="Unavailable") == 1
     finally:
         await app.stop(0.5)
         own.stop()
+
+
+async def scrape_when(app: GatewayApp, ready: Callable[[Scrape], bool]) -> Scrape:
+    deadline = time.monotonic() + 10
+    while not ready(found := scrape(app.metrics_port)):
+        assert time.monotonic() < deadline, "the expected samples never appeared"
+        await asyncio.sleep(0.05)
+    return found
 
 
 @pytest.fixture
