@@ -18,8 +18,9 @@ writes to it, the supervisor serves the sum on ``SGW_METRICS_LISTEN`` and marks 
 dead when it exits (its counters stay in the totals; its state gauges go).
 
 SIGTERM or SIGINT: every worker drains as a single gateway does (health NOT_SERVING,
-in-flight calls get the grace period), the supervisor waits for them and exits 0. A worker
-that dies while serving is restarted; one that cannot start (Redis unreachable, bad
+in-flight calls get the grace period), the supervisor waits for them and exits 0. Should the
+supervisor itself be killed, the kernel tells every worker to drain and exit (no orphans
+serving a port). A worker that dies while serving is restarted; one that cannot start (Redis unreachable, bad
 address) stops the whole group with its message, so a bad configuration is not retried
 forever.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -101,10 +103,24 @@ def reserve_port(listen: str) -> tuple[socket.socket, str]:
     return holder, f"{listen.rpartition(':')[0]}:{port}"
 
 
-def _worker_main(settings: Settings, redis_url: str, metrics_dir: Path, events: Any) -> None:
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _stop_with_supervisor(supervisor: int) -> None:
+    """Have the kernel send SIGTERM (a drain) to this worker when the supervisor dies, even by
+    SIGKILL: a worker never outlives its group, serving on a port nobody watches."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("cannot tie the worker's life to the supervisor's", extra={"errno": ctypes.get_errno()})
+    if os.getppid() != supervisor:  # it died before the request took effect
+        raise SystemExit(0)
+
+
+def _worker_main(settings: Settings, redis_url: str, metrics_dir: Path, events: Any, supervisor: int) -> None:
     """A worker: one ordinary gateway, sharing the port and the metrics directory."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # the supervisor's handlers are not ours
+    _stop_with_supervisor(supervisor)
     install_event_loop(settings.event_loop)
 
     def ready(app: GatewayApp) -> None:
@@ -140,7 +156,7 @@ class Supervisor:
         assert self.metrics_dir is not None
         process = self._context.Process(
             target=_worker_main,
-            args=(settings, self.redis_url, self.metrics_dir, self._events),
+            args=(settings, self.redis_url, self.metrics_dir, self._events, os.getpid()),
             name=f"sgw-worker-{slot}",
         )
         process.start()

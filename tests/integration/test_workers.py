@@ -7,6 +7,7 @@ connection to the gRPC port is owned by one worker process (``/proc/<pid>/fd`` a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -74,8 +75,16 @@ class Supervisor:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            workers = self.workers()
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
@@ -220,3 +229,15 @@ def test_a_taken_port_still_fails_loudly(supervisor: Supervisor, redis_url: str,
     # The group that held the port is untouched and still answers.
     with grpc.insecure_channel(f"127.0.0.1:{supervisor.port}") as channel:
         check_reply(pb_grpc.SettlementGatewayStub(channel).Validate(bill("still"), timeout=5), "still")
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(supervisor: Supervisor) -> None:
+    supervisor.wait_log("settlement gateway ready")
+    workers = supervisor.workers()
+    supervisor.proc.kill()  # no chance to stop them itself
+    supervisor.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"workers {alive} outlived their supervisor"
