@@ -37,10 +37,18 @@ SUSPENDED = "D330902000555"
 class Supervisor:
     """A ``settlement-gateway serve --workers N`` process and its JSON log lines."""
 
-    def __init__(self, redis_url: str, tmp_path: Path, workers: int = 2, port: int | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        tmp_path: Path,
+        workers: int = 2,
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.metrics_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SGW_", "PROMETHEUS_"))}
+        env |= extra_env or {}
         self.proc = subprocess.Popen(
             [str(BIN / "settlement-gateway"), "serve", "--workers", str(workers),
              "--listen", f"127.0.0.1:{self.port}", "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
