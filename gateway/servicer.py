@@ -130,9 +130,7 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             snapshot.degraded,
         )
         self.metrics.observe_decision_time(len(decisions), time.perf_counter() - received)
-        self.metrics.observe_settlement(
-            parsed.institution_code, parsed.lines, parsed.lines, decisions, snapshot.degraded
-        )
+        self.metrics.observe_settlement(parsed.institution_code, parsed.lines, decisions, snapshot.degraded)
         if self.audit is not None:
             self.audit.record(request, decisions, snapshot.meta.version, snapshot.degraded)
         return response

@@ -99,13 +99,9 @@ def test_degraded_answers_are_counted() -> None:
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry, MetricsConfig())
     decision = Decision(Verdict.ACCEPT, Reason.OK, "", "")
-    line = Line("D330902001234", "A03", "XA01", 20000, False)
-
-    class Message:
-        amount_fen = 100
-
-    metrics.observe_settlement("H33090200017", [line], [Message()], [decision], degraded=True)
-    metrics.observe_settlement("H33090200017", [line], [Message()], [decision], degraded=False)
+    line = Line("D330902001234", "A03", "XA01", 20000, False, "1", 100)
+    metrics.observe_settlement("H33090200017", [line], [decision], degraded=True)
+    metrics.observe_settlement("H33090200017", [line], [decision], degraded=False)
     assert registry.get_sample_value("sgw_degraded_answers_total") == 1
     assert registry.get_sample_value("sgw_lines_total", {"verdict": "ACCEPT", "reason": "OK"}) == 2
 
