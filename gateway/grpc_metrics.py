@@ -87,6 +87,16 @@ class MethodMetrics:
             },
         )
 
+    def start(self, request: Any, request_streaming: bool) -> tuple[Any, float]:
+        """Count a call's start and its request message(s): the request to hand on (a
+        stream is counted as it is read) and when the call started."""
+        self.started.inc()
+        if request_streaming:
+            request = _counted(request, self.received)
+        else:
+            self.received.inc()
+        return request, time.perf_counter()
+
     def finish(self, started_at: float, code: grpc.StatusCode) -> None:
         self.handling.observe(time.perf_counter() - started_at)
         self.handled[code].inc()
@@ -128,12 +138,7 @@ def _behavior(function: Behavior | None) -> Behavior:
 
 def _wrap_unary_response(behavior: Behavior, m: MethodMetrics, request_streaming: bool) -> Behavior:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        m.started.inc()
-        if request_streaming:
-            request = _counted(request, m.received)
-        else:
-            m.received.inc()
-        started_at = time.perf_counter()
+        request, started_at = m.start(request, request_streaming)
         error: BaseException | None = None
         try:
             result = behavior(request, context)
@@ -154,12 +159,7 @@ def _wrap_unary_response(behavior: Behavior, m: MethodMetrics, request_streaming
 
 def _wrap_streaming_response(behavior: Behavior, m: MethodMetrics, request_streaming: bool) -> Behavior:
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        m.started.inc()
-        if request_streaming:
-            request = _counted(request, m.received)
-        else:
-            m.received.inc()
-        started_at = time.perf_counter()
+        request, started_at = m.start(request, request_streaming)
         error: BaseException | None = None
         try:
             result = behavior(request, context)

@@ -19,6 +19,7 @@ from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import GatewayApp
 from tests.conftest import Loader, RedisProcess, free_port
 from tests.exports import DOCTOR, HOSPITAL, OTHER_HOSPITAL, institution_row, line, request, staff_row
+from tests.integration.test_faults_cache import load_into
 from tests.scrape import Scrape, scrape
 
 SERVICE = "settlement.v1.SettlementGateway"
@@ -305,3 +306,27 @@ async def test_no_data_is_visible(gateway: GatewayApp) -> None:
     s = scrape(gateway.metrics_port)
     assert s.value("sgw_data_loaded") == 0
     assert s.value("sgw_data_age_seconds") is None and s.series("sgw_data_version_info") == []
+
+
+async def test_degraded_answers_and_failing_reads_are_counted(
+    redis_server: RedisProcess, settings: Settings, tmp_path: Path
+) -> None:
+    own = RedisProcess(redis_server.binary, free_port(), tmp_path)
+    own.start()
+    load_into(own.url, tmp_path, "institution", [institution_row()])
+    load_into(own.url, tmp_path, "staff", [staff_row()])
+    app = GatewayApp(dataclasses.replace(settings, redis_url=own.url), own.url)
+    try:
+        await app.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.SettlementGatewayStub(channel)
+            assert not (await stub.Validate(request(line()))).degraded  # fills the record cache
+            own.kill()
+            assert (await stub.Validate(request(line()))).degraded
+        s = scrape(app.metrics_port)
+        assert s.value("sgw_degraded_answers_total") == 1
+        assert s.total("sgw_redis_errors_total", call="read") == 1
+        assert s.value("sgw_lines_total", verdict="ACCEPT", reason="OK") == 2
+    finally:
+        await app.stop(0.5)
+        own.stop()
