@@ -159,3 +159,15 @@ def test_with_data_missing_what_is_known_still_decides(
         # Whatever is paid for lack of data says so and cites the emergency plan.
         if got.verdict is Verdict.ACCEPT and got.rule:
             assert got is OUTAGE_ACCEPTED
+
+
+@settings(max_examples=300)
+@given(evidences(), st.lists(lines, min_size=1, max_size=80), st.booleans(), st.booleans())
+def test_decisions_shared_across_days_equal_line_by_line_ones(
+    ev: Evidence, bill: list[Line], national: bool, by_day: bool
+) -> None:
+    # decide_all reuses a decision over the days in which no consulted period starts or ends.
+    config = RulesConfig(national_cancellation=national)
+    if by_day:  # an inpatient bill runs through the stay day by day
+        bill = sorted(bill, key=lambda line: line.service_day)
+    assert decide_all(bill, ev, config) == [decide(line, ev, config) for line in bill]
