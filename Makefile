@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint typecheck proto proto-check bench bench-publish locust clean
+.PHONY: fuzz run test lint typecheck proto proto-check bench bench-publish locust clean
 
 $(BIN)/settlement-gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,7 @@ typecheck: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## A long fuzz run of random and mutated protobuf bytes against the live server (CI runs 3,000).
+fuzz: venv
+	SGW_FUZZ_INPUTS=$${SGW_FUZZ_INPUTS:-200000} $(BIN)/python -m pytest -q tests/property/test_fuzz_wire.py

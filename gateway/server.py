@@ -120,6 +120,7 @@ class GatewayApp:
         self.metrics_port = 0
         self.store: Store | None = None
         self.audit: AuditLog | None = None
+        self.servicer: SettlementGateway | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_http: WSGIServer | None = None
         self._metrics_thread: threading.Thread | None = None
@@ -181,7 +182,8 @@ class GatewayApp:
             options=self.grpc_options(),
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
-        add_to_server(SettlementGateway(self.store, s, self.metrics, authorizer, self.audit), server)
+        self.servicer = SettlementGateway(self.store, s, self.metrics, authorizer, self.audit)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -253,8 +255,15 @@ class GatewayApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         await self.health.enter_graceful_shutdown()
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
+        if self.servicer is not None:
+            # Drain first, with the connections still open: new calls are refused with
+            # UNAVAILABLE by the servicer, calls already running finish. Stopping the gRPC
+            # server right away would cancel calls that had arrived but not yet started.
+            await self.servicer.drain(grace)
         if self._server is not None:
-            await self._server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+            await self._server.stop(max(0.0, deadline - time.monotonic()))
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

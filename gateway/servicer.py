@@ -10,6 +10,7 @@ no ``ValidateRequest`` at all), ``UNAUTHENTICATED`` / ``PERMISSION_DENIED`` from
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -84,6 +85,38 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         self.metrics = metrics
         self.authorizer = authorizer
         self.audit = audit
+        # Shutdown: once draining, new calls are refused; ``in_flight`` counts running ones.
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new calls and wait (at most ``timeout``) for running ones; True if none is left."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _track(self, context: ServicerContext) -> None:
+        """Count the call as running until gRPC reports it over. A done-callback, not a
+        ``finally``: a cancelled stream's generator may never be closed explicitly."""
+        self.in_flight += 1
+        self._idle.clear()
+        context.add_done_callback(self._call_done)  # type: ignore[arg-type]
+
+    def _call_done(self, _context: object) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+
+    async def _refuse_if_draining(self, context: ServicerContext) -> None:
+        if self.draining:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down; send the call to another instance"
+            )
 
     async def judge(
         self, request: pb.ValidateRequest | Undecodable, context: ServicerContext | None = None
@@ -155,6 +188,8 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
     async def Validate(
         self, request: pb.ValidateRequest | Undecodable, context: ServicerContext
     ) -> pb.ValidateResponse:
+        await self._refuse_if_draining(context)
+        self._track(context)
         return await self._judge_or_abort(request, context)
 
     async def ValidateStream(
@@ -164,6 +199,8 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
     ) -> AsyncIterator[pb.ValidateResponse]:
         # One request is judged and its reply written before the next is read: a client that
         # stops reading stalls only its own stream (HTTP/2 flow control), never the server.
+        await self._refuse_if_draining(context)
+        self._track(context)
         index = 0
         async for request in request_iterator:
             label = f"request #{index} (request_id={request.request_id!r}): "

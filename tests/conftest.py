@@ -92,6 +92,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
 
 
 @pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of its own that keeps its data across ``kill()`` + ``start()`` (append-only
+    file, fsync always), as a production Redis comes back after a crash: for fault tests."""
+    server = RedisProcess(
+        find_redis_server(), free_port(), tmp_path, ("--appendonly", "yes", "--appendfsync", "always")
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisProcess) -> str:
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()

@@ -8,7 +8,7 @@ The store is a real redis-server killed with SIGKILL and started again on the sa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +18,6 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import Settings
-from gateway.embedded import find_redis_server
 from gateway.keys import Keys
 from gateway.outage import OutagePolicy
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
@@ -28,21 +27,12 @@ from gateway.server import GatewayApp
 from loader.publish import Publisher
 from loader.sync import SyncOptions, sync_file
 from tests import exports
-from tests.conftest import RedisProcess, free_port
+from tests.conftest import RedisProcess
 from tests.exports import DOCTOR, OTHER_HOSPITAL, institution_row, line, request, staff_row
 
 BANNED = "D330902000003"
 UNSEEN = "D330902000009"
 NEVER_REGISTERED = "D330902999999"
-PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
-
-
-@pytest.fixture
-def fault_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(find_redis_server(), free_port(), tmp_path, PERSISTENT)
-    server.start()
-    yield server
-    server.stop()
 
 
 def load_into(url: str, tmp_path: Path, kind: str, rows: list[list[str]]) -> str:
@@ -57,10 +47,12 @@ def load_into(url: str, tmp_path: Path, kind: str, rows: list[list[str]]) -> str
 
 
 @pytest.fixture
-def loaded(fault_redis: RedisProcess, tmp_path: Path) -> str:
-    load_into(fault_redis.url, tmp_path, "institution", [institution_row(), institution_row(OTHER_HOSPITAL)])
+def loaded(persistent_redis: RedisProcess, tmp_path: Path) -> str:
+    load_into(
+        persistent_redis.url, tmp_path, "institution", [institution_row(), institution_row(OTHER_HOSPITAL)]
+    )
     return load_into(
-        fault_redis.url,
+        persistent_redis.url,
         tmp_path,
         "staff",
         [
@@ -73,11 +65,13 @@ def loaded(fault_redis: RedisProcess, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def start_app(settings: Settings, fault_redis: RedisProcess) -> AsyncIterator[Callable[..., object]]:
+async def start_app(
+    settings: Settings, persistent_redis: RedisProcess
+) -> AsyncIterator[Callable[..., object]]:
     apps: list[GatewayApp] = []
 
     async def _start(**overrides: object) -> GatewayApp:
-        app = GatewayApp(replace(settings, redis_url=fault_redis.url, **overrides), fault_redis.url)  # type: ignore[arg-type]
+        app = GatewayApp(replace(settings, redis_url=persistent_redis.url, **overrides), persistent_redis.url)  # type: ignore[arg-type]
         await app.start()
         apps.append(app)
         return app
@@ -116,7 +110,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_cached_records_answer_degraded_and_the_rest_is_refused(
-    loaded: str, fault_redis: RedisProcess, start_app: Callable[..., object]
+    loaded: str, persistent_redis: RedisProcess, start_app: Callable[..., object]
 ) -> None:
     app: GatewayApp = await start_app()  # type: ignore[misc]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
@@ -126,7 +120,7 @@ async def test_cached_records_answer_degraded_and_the_rest_is_refused(
         assert not live.degraded and live.data_version == loaded
         assert [r for _, r, _ in verdicts(live)] == ["OK", "STAFF_TERMINATED", "STAFF_UNREGISTERED"]
 
-        fault_redis.kill()
+        persistent_redis.kill()
         degraded = await stub.Validate(bill)
         assert degraded.degraded
         assert verdicts(degraded) == verdicts(live)  # "unregistered" was cached as an answer too
@@ -146,7 +140,7 @@ async def test_cached_records_answer_degraded_and_the_rest_is_refused(
         assert status.degraded and not status.store_reachable and status.data_version == loaded
         assert await health_is(app.port, SERVING)  # the cache is usable data
 
-        fault_redis.start()  # same port, same data: no gateway restart
+        persistent_redis.start()  # same port, same data: no gateway restart
 
         async def live_again() -> bool:
             reply = await stub.Validate(bill)
@@ -158,13 +152,13 @@ async def test_cached_records_answer_degraded_and_the_rest_is_refused(
 
 
 async def test_accept_flagged_pays_what_it_cannot_judge_but_never_a_known_ban(
-    loaded: str, fault_redis: RedisProcess, start_app: Callable[..., object]
+    loaded: str, persistent_redis: RedisProcess, start_app: Callable[..., object]
 ) -> None:
     app: GatewayApp = await start_app(outage_policy=OutagePolicy.ACCEPT_FLAGGED, degraded_max_age_seconds=0.3)  # type: ignore[misc]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.SettlementGatewayStub(channel)
         await stub.Validate(request(line("1", DOCTOR), line("2", BANNED)))
-        fault_redis.kill()
+        persistent_redis.kill()
         await asyncio.sleep(0.4)  # beyond the staleness limit: only the policy answers now
         reply = await stub.Validate(
             request(
@@ -199,28 +193,28 @@ async def test_accept_flagged_pays_what_it_cannot_judge_but_never_a_known_ban(
 
 
 async def test_stale_cache_is_refused_and_recovery_needs_no_restart(
-    loaded: str, fault_redis: RedisProcess, start_app: Callable[..., object]
+    loaded: str, persistent_redis: RedisProcess, start_app: Callable[..., object]
 ) -> None:
     app: GatewayApp = await start_app(degraded_max_age_seconds=0.3)  # type: ignore[misc]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
         stub = pb_grpc.SettlementGatewayStub(channel)
         bill = request(line("1", DOCTOR))
         await stub.Validate(bill)
-        fault_redis.kill()
+        persistent_redis.kill()
         await asyncio.sleep(0.4)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Validate(bill)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert f"the cached data version {loaded} was last confirmed" in (err.value.details() or "")
         await until(lambda: health_is(app.port, NOT_SERVING))
-        fault_redis.start()
+        persistent_redis.start()
         await until(lambda: health_is(app.port, SERVING))
         reply = await stub.Validate(bill)
         assert not reply.degraded and reply.verdicts[0].reason == pb.OK
 
 
 async def test_without_any_data_ever_the_answer_is_unavailable(
-    fault_redis: RedisProcess, start_app: Callable[..., object]
+    persistent_redis: RedisProcess, start_app: Callable[..., object]
 ) -> None:
     app: GatewayApp = await start_app(outage_policy=OutagePolicy.ACCEPT_FLAGGED)  # type: ignore[misc]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
