@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: fuzz run test lint typecheck proto proto-check bench bench-publish locust clean
+.PHONY: bench-faults fuzz run test lint typecheck proto proto-check bench bench-publish locust clean
 
 $(BIN)/settlement-gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,3 +57,7 @@ clean:
 ## A long fuzz run of random and mutated protobuf bytes against the live server (CI runs 3,000).
 fuzz: venv
 	SGW_FUZZ_INPUTS=$${SGW_FUZZ_INPUTS:-200000} $(BIN)/python -m pytest -q tests/property/test_fuzz_wire.py
+
+## Fault figures (Redis kill -9 / SIGSTOP, SIGTERM, hostile client); writes benchmarks/RESULTS.md.
+bench-faults: venv
+	$(BIN)/python -m benchmarks.faults

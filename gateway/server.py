@@ -46,6 +46,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementGateway"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 REFRESH_INTERVAL_SECONDS = 0.5
 CONNECT_ATTEMPTS = 5
+# After SIGTERM: health turns NOT_SERVING and calls are still served this long (calls sent
+# just before the signal arrive and complete), then new calls are refused with UNAVAILABLE.
+LAME_DUCK_SECONDS = 0.5
 
 
 class StartupError(RuntimeError):
@@ -248,8 +251,11 @@ class GatewayApp:
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls, let in-flight ones finish within ``grace``, release everything."""
+    async def stop(self, grace: float | None = None, lame_duck: float = 0.0) -> None:
+        """Stop taking calls, let in-flight ones finish within ``grace``, release everything.
+
+        ``lame_duck``: seconds to keep serving while health already says NOT_SERVING, so
+        calls sent just before the signal (still on the wire) are served, not refused."""
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -257,13 +263,16 @@ class GatewayApp:
         await self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
+        if lame_duck > 0:
+            await asyncio.sleep(min(lame_duck, grace / 2))
         if self.servicer is not None:
             # Drain first, with the connections still open: new calls are refused with
             # UNAVAILABLE by the servicer, calls already running finish. Stopping the gRPC
             # server right away would cancel calls that had arrived but not yet started.
-            await self.servicer.drain(grace)
+            await self.servicer.drain(max(0.0, deadline - time.monotonic()))
         if self._server is not None:
             await self._server.stop(max(0.0, deadline - time.monotonic()))
+            log.info("gRPC server stopped")
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -317,5 +326,5 @@ async def serve(
     log.info(
         "shutting down: draining in-flight calls", extra={"grace_seconds": settings.shutdown_grace_seconds}
     )
-    await app.stop()
+    await app.stop(lame_duck=LAME_DUCK_SECONDS)
     log.info("stopped")
