@@ -49,6 +49,9 @@ CONNECT_ATTEMPTS = 5
 # After SIGTERM: health turns NOT_SERVING and calls are still served this long (calls sent
 # just before the signal arrive and complete), then new calls are refused with UNAVAILABLE.
 LAME_DUCK_SECONDS = 0.5
+# After the last running call ends, new calls are still refused this long before the gRPC
+# server stops (a call arriving after that is CANCELLED by gRPC's core).
+DRAIN_SETTLE_SECONDS = 0.2
 
 
 class StartupError(RuntimeError):
@@ -269,7 +272,9 @@ class GatewayApp:
             # Drain first, with the connections still open: new calls are refused with
             # UNAVAILABLE by the servicer, calls already running finish. Stopping the gRPC
             # server right away would cancel calls that had arrived but not yet started.
-            await self.servicer.drain(max(0.0, deadline - time.monotonic()))
+            await self.servicer.drain(
+                max(0.0, deadline - time.monotonic()), settle=DRAIN_SETTLE_SECONDS if lame_duck > 0 else 0.0
+            )
         if self._server is not None:
             await self._server.stop(max(0.0, deadline - time.monotonic()))
             log.info("gRPC server stopped")

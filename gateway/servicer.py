@@ -91,14 +91,18 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def drain(self, timeout: float) -> bool:
-        """Refuse new calls and wait (at most ``timeout``) for running ones; True if none is left."""
+    async def drain(self, timeout: float, settle: float = 0.2) -> bool:
+        """Refuse new calls and wait (at most ``timeout``) for running ones, then go on refusing
+        for ``settle`` seconds so callers already sending learn of it with UNAVAILABLE rather
+        than a CANCELLED from the stopping server. True if no call is left running."""
         self.draining = True
+        deadline = time.monotonic() + timeout
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
             return False
-        return True
+        await asyncio.sleep(max(0.0, min(settle, deadline - time.monotonic())))
+        return self._idle.is_set()
 
     def _track(self, context: ServicerContext) -> None:
         """Count the call as running until gRPC reports it over. A done-callback, not a
