@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -52,6 +53,19 @@ def wait_ready(proc: subprocess.Popen[str]) -> dict[str, object]:
     raise AssertionError(f"gateway never became ready (exit {proc.poll()})")
 
 
+def wait_calls_started(metrics_port: int, count: int) -> None:
+    """Until the gateway has begun handling ``count`` Validate calls (they are in flight)."""
+    deadline = time.monotonic() + 30
+    sample = 'grpc_server_started_total{grpc_method="Validate",grpc_service="settlement.v1.SettlementGateway",grpc_type="unary"}'
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+            for text in reply.read().decode().splitlines():
+                if text.startswith(sample) and float(text.split()[-1]) >= count:
+                    return
+        time.sleep(0.01)
+    raise AssertionError(f"{count} Validate calls never started")
+
+
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGW_")}
     env.update({"SGW_STATE_DIR": str(tmp_path / "state"), **extra})
@@ -78,6 +92,7 @@ def test_loader_and_gateway_on_the_embedded_store(tmp_path: Path) -> None:
             # SIGTERM with a call in flight: it completes, then the process exits 0.
             future = stub.Validate.future(request(*[line(str(i), "D330902000001") for i in range(5000)],
                                                   institution_code="H33090200001"))  # fmt: skip
+            wait_calls_started(int(str(ready["metrics_port"])), 2)
             proc.send_signal(signal.SIGTERM)
             assert len(future.result(timeout=20).verdicts) == 5000
         assert proc.wait(timeout=30) == 0
