@@ -359,14 +359,16 @@ def table(h: Harness, samples: dict[Key, Sample]) -> list[str]:
 def scaling_table(results: list[Scaling]) -> list[str]:
     one = median(results[0].throughput)
     rows = [
-        "| workers | req/s | × one worker | p99 ms | gateway cores used | h2load cores | redis cores |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | req/s | × one worker | p99 ms | gateway cores used | req/s per gateway core "
+        "| h2load cores | redis cores |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in results:
+        per_core = [t / c for t, c in zip(s.throughput, s.gateway_cores, strict=True) if c]
         rows.append(
             f"| {s.workers} | {fmt(median(s.throughput), 0)} | {median(s.throughput) / one:.2f}× "
-            f"| {fmt(median(s.p99))} | {fmt(median(s.gateway_cores))} | {fmt(median(s.load_cores))} "
-            f"| {fmt(median(s.redis_cores))} |"
+            f"| {fmt(median(s.p99))} | {fmt(median(s.gateway_cores))} | {fmt(median(per_core), 0)} "
+            f"| {fmt(median(s.load_cores))} | {fmt(median(s.redis_cores))} |"
         )
     return rows
 
@@ -419,7 +421,9 @@ def report(h: Harness, samples: dict[Key, Sample], scaling: list[Scaling] | None
             "",
             "Both configurations share the machine's cores with h2load and redis-server alike; "
             "the CPU columns say how much of the two cores each side used (CPU seconds / wall "
-            "seconds), so the cores left for the gateway are 2 − h2load − redis.",
+            "seconds), so the cores left for the gateway are 2 − h2load − redis − whatever else "
+            "ran on the machine; req/s per gateway core shows whether a second worker serves as "
+            "much per core as the first.",
             "",
             *scaling_table(scaling),
         ]
