@@ -70,11 +70,15 @@ async def test_prometheus_sees_the_traffic_the_gateway_served(
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         status = await stub.GetStatus(pb.GetStatusRequest())
 
+    # One scrape may fall between the last OK call and the refused ones: wait for both.
     await eventually(
-        lambda: prometheus.value(f'sum(grpc_server_handled_total{{{VALIDATE},grpc_code="OK"}})') == BILLS,
-        "the OK calls to reach Prometheus",
+        lambda: (
+            prometheus.value(f'sum(grpc_server_handled_total{{{VALIDATE},grpc_code="OK"}})') == BILLS
+            and prometheus.value(f'sum(grpc_server_handled_total{{{VALIDATE},grpc_code="InvalidArgument"}})')
+            == 2
+        ),
+        "the OK and the refused calls to reach Prometheus",
     )
-    assert prometheus.value(f'sum(grpc_server_handled_total{{{VALIDATE},grpc_code="InvalidArgument"}})') == 2
     assert prometheus.value(f"sum(grpc_server_started_total{{{VALIDATE}}})") == BILLS + 2
     # Every code's series exists (at zero) so ratios are defined from the first scrape.
     assert prometheus.value(f'sum(grpc_server_handled_total{{{VALIDATE},grpc_code="Unavailable"}})') == 0
