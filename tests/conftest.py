@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import hypothesis
 import pytest
 import redis
 
@@ -27,6 +28,11 @@ from gateway.server import GatewayApp
 from loader.publish import Publisher
 from loader.sync import SyncOptions, SyncResult, sync_file
 from tests import exports
+
+# Tests never fail on wall-clock time: the machine is shared and noisy, so hypothesis's
+# per-example deadline is off for every property test.
+hypothesis.settings.register_profile("sgw", deadline=None)
+hypothesis.settings.load_profile("sgw")
 
 
 def free_port() -> int:
