@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -290,6 +291,17 @@ class GatewayApp:
                 await self.store.client.aclose()
 
 
+def freeze_startup_heap() -> None:
+    """Take what startup allocated (modules, protobuf descriptors, the gRPC server: ~47,000
+    objects, all living as long as the process) out of the garbage collector's scans.
+
+    A 3,000-line bill's objects live through several young collections and get promoted, so
+    full collections come often under discharge traffic; each one scanned the startup heap
+    again (7 ms here). Frozen, a full collection scans only what requests left behind."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(
     settings: Settings,
     redis_url: str,
@@ -313,6 +325,7 @@ async def serve(
     except BaseException:
         await app.stop(0)
         raise
+    freeze_startup_heap()
     meta = app.store.meta if app.store else None
     log.info(
         # Under a supervisor, the group's ready line is the supervisor's, once all serve.
