@@ -385,8 +385,9 @@ def raise_priority(steps: int) -> str:
     except PermissionError:
         return "priority not raised (not permitted): other jobs on the machine compete equally"
     return (
-        f"the harness and everything it starts run at nice {os.nice(0)}, so other jobs on this shared "
-        f"machine do not starve them; the loader then lowers itself by its default 10"
+        f"the harness and everything it starts run at nice {os.nice(0)}, above other jobs on this shared "
+        f"machine (nice 0), as if it were alone; the loader lowers itself by its default 10 "
+        f"(to nice {os.nice(0) + 10}), below the gateway as in production"
     )
 
 
@@ -405,7 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", type=Path, default=WORKDIR)
     p.add_argument(
-        "--priority", type=int, default=10, help="niceness levels to raise the harness by (root; 0: none)"
+        "--priority", type=int, default=15, help="niceness levels to raise the harness by (root; 0: none)"
     )
     p.add_argument("--output", type=Path, default=RESULTS, help="markdown file to update ('-': none)")
     # The load client's own options (the harness starts it as a subprocess).
