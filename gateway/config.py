@@ -98,6 +98,8 @@ class Settings:
     national_cancellation: bool = True
     # Every Redis call is bounded: a checkout never waits longer than this on the store.
     redis_timeout_seconds: float = 0.5
+    # Connections per gateway process; calls beyond it wait (within the timeout) for one.
+    redis_max_connections: int = 64
     # On SIGTERM, in-flight calls get this long to finish.
     shutdown_grace_seconds: float = 10.0
     max_message_bytes: int = 16 * 1024 * 1024
@@ -238,6 +240,7 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "institution_code_pattern": ("SGW_INSTITUTION_CODE_PATTERN", str),
     "national_cancellation": ("SGW_CANCELLATION_SCOPE", parse_cancellation_scope),
     "redis_timeout_seconds": ("SGW_REDIS_TIMEOUT", parse_positive_float),
+    "redis_max_connections": ("SGW_REDIS_MAX_CONNECTIONS", parse_positive_int),
     "shutdown_grace_seconds": ("SGW_SHUTDOWN_GRACE", parse_positive_float),
     "max_message_bytes": ("SGW_MAX_MESSAGE_BYTES", parse_positive_int),
     "log_level": ("SGW_LOG_LEVEL", str),

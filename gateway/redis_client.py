@@ -92,7 +92,14 @@ def _cluster_kwargs(target: RedisTarget) -> dict[str, Any]:
     return kwargs
 
 
-def async_client(url: str, timeout: float = 0.5, **extra: Any) -> AsyncRedis:
+# A gateway process needs few connections (Redis answers one command at a time); callers
+# beyond this wait for a free one, within their timeout, instead of failing outright.
+DEFAULT_MAX_CONNECTIONS = 64
+
+
+def async_client(
+    url: str, timeout: float = 0.5, max_connections: int = DEFAULT_MAX_CONNECTIONS, **extra: Any
+) -> AsyncRedis:
     target = RedisTarget.parse(url)
     if target.cluster:
         from redis.asyncio.cluster import ClusterNode
@@ -103,7 +110,12 @@ def async_client(url: str, timeout: float = 0.5, **extra: Any) -> AsyncRedis:
             **_timeouts(timeout, AsyncRetry),
             **extra,
         )
-    return redis.asyncio.Redis.from_url(url, **_timeouts(timeout, AsyncRetry), **extra)
+    # redis-py's default pool raises "Too many connections" past 100 in use; a burst of
+    # checkouts must queue for a connection rather than fail.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout, **_timeouts(timeout, AsyncRetry), **extra
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def sync_client(url: str, timeout: float = 30.0, **extra: Any) -> SyncRedis:

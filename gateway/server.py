@@ -37,7 +37,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.metrics_exposition import serve_metrics
 from gateway.metrics_state import ProcessState, StateCollector, state_file, write_state_file
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
-from gateway.redis_client import AsyncRedis, async_client
+from gateway.redis_client import DEFAULT_MAX_CONNECTIONS, AsyncRedis, async_client
 from gateway.servicer import SettlementGateway, add_to_server
 from gateway.store import STORE_ERRORS, NoDataError, Store
 
@@ -82,9 +82,9 @@ def server_options(settings: Settings, reuseport: bool = False) -> list[tuple[st
     ]
 
 
-async def connect(url: str, timeout: float) -> AsyncRedis:
+async def connect(url: str, timeout: float, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> AsyncRedis:
     """A client that answered PING, after a few retries; else a StartupError."""
-    client = async_client(url, timeout)
+    client = async_client(url, timeout, max_connections)
     delay = 0.2
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
@@ -162,7 +162,7 @@ class GatewayApp:
     async def start(self) -> None:
         s = self.settings
         authorizer = self._authorizer()
-        client = await connect(self.redis_url, s.redis_timeout_seconds)
+        client = await connect(self.redis_url, s.redis_timeout_seconds, s.redis_max_connections)
         self.store = Store(
             client,
             Keys(s.namespace),
