@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"settlement-loader: --mapping: {exc}", file=sys.stderr)
             return int(Outcome.USAGE)
+    if args.command == "sync" and not args.path.is_file():
+        # A path that names no file is a mistake in the command, not a file to refuse.
+        print(f"settlement-loader: {args.path}: no such file", file=sys.stderr)
+        return int(Outcome.USAGE)
     try:
         with store_url(settings.redis_url, settings.state_dir) as url:
             if getattr(args, "nice", 0) > 0:

@@ -130,7 +130,8 @@ def test_serve_refuses_an_unreachable_redis(tmp_path: Path) -> None:
 def test_loader_exit_codes(tmp_path: Path, redis_url: str) -> None:
     env = base_env(tmp_path, SGW_REDIS_URL=redis_url)
     assert run_loader("sync", env=env).returncode == 2
-    assert run_loader("sync", str(tmp_path / "missing.csv"), env=env).returncode == 4
+    missing = run_loader("sync", str(tmp_path / "missing.csv"), env=env)
+    assert missing.returncode == 2 and "missing.csv: no such file" in missing.stderr
     bad = tmp_path / "bad.csv"
     bad.write_text(
         "人员代码,定点机构代码,协议状态,开始日期\nbad,H33090200017,正常,2024-01-01\n", encoding="utf-8"
