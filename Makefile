@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: bench-faults fuzz run test lint typecheck proto proto-check bench bench-publish locust clean
+.PHONY: system-deps bench-faults fuzz run test lint typecheck proto proto-check bench bench-publish locust clean
 
 $(BIN)/settlement-gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,25 @@ venv: $(BIN)/settlement-gateway
 run: venv
 	$(BIN)/settlement-gateway serve --demo
 
+## Distribution packages the tests drive for real: redis-server, Prometheus' promtool and
+## server, h2load. Installed with apt-get when missing (as root); otherwise named.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "the tests need these distribution packages:$$missing"; exit 1; \
+	  fi; \
+	fi
+
 ## The whole test suite (real redis-server, real gRPC), plus lint and type checks.
-test: venv
+test: system-deps venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy gateway loader
 	$(BIN)/python proto/generate.py --check

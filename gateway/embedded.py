@@ -25,6 +25,7 @@ import redis
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "redis.sock"
+PIDFILE_NAME = "redis.pid"
 START_TIMEOUT_SECONDS = 15.0
 
 
@@ -89,6 +90,9 @@ def _start(binary: str, state_dir: Path, sock: Path) -> subprocess.Popen[bytes]:
         "--save", "",
         "--daemonize", "no",
         "--logfile", str(logfile),
+        # A gateway killed with SIGKILL leaves its store running (the next start reuses it);
+        # the pidfile says which process to stop by hand.
+        "--pidfile", str(state_dir / PIDFILE_NAME),
     ]  # fmt: skip
     # Own session: a Ctrl-C aimed at the gateway must not kill the store before it drains.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)

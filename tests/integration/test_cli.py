@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -16,6 +17,7 @@ import grpc
 import orjson
 
 from gateway.days import CST
+from gateway.embedded import PIDFILE_NAME
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from tests.conftest import free_port
@@ -66,6 +68,12 @@ def wait_calls_started(metrics_port: int, count: int) -> None:
     raise AssertionError(f"{count} Validate calls never started")
 
 
+def stop_embedded_store(state_dir: Path) -> None:
+    """Stop an embedded redis-server whose owner was killed (it runs in its own session)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+        os.kill(int((state_dir / PIDFILE_NAME).read_text().strip()), signal.SIGTERM)
+
+
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGW_")}
     env.update({"SGW_STATE_DIR": str(tmp_path / "state"), **extra})
@@ -97,9 +105,12 @@ def test_loader_and_gateway_on_the_embedded_store(tmp_path: Path) -> None:
             assert len(future.result(timeout=20).verdicts) == 5000
         assert proc.wait(timeout=30) == 0
     finally:
-        proc.kill()
+        if proc.poll() is None:  # the test failed with the gateway still up: leave nothing behind
+            proc.kill()
+            stop_embedded_store(tmp_path / "state")
     status = run_loader("status", "--json", env=env)
     assert orjson.loads(status.stdout)["counts"]["staff"] == 50
+    assert not (tmp_path / "state" / PIDFILE_NAME).exists()  # whoever started the store stopped it
 
 
 def test_serve_refuses_a_taken_port(tmp_path: Path, redis_url: str) -> None:

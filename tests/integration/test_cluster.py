@@ -72,13 +72,13 @@ def _assign_slots(ports: list[int]) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = find_redis_server()
     nodes = []
-    for _ in range(3):
-        workdir = tmp_path_factory.mktemp("cluster")
-        node = RedisProcess(binary, free_cluster_port(), workdir, ("--cluster-enabled", "yes",
-                            "--cluster-config-file", str(workdir / "nodes.conf")))  # fmt: skip
-        node.start()
-        nodes.append(node)
     try:
+        for _ in range(3):
+            workdir = tmp_path_factory.mktemp("cluster")
+            node = RedisProcess(binary, free_cluster_port(), workdir, ("--cluster-enabled", "yes",
+                                "--cluster-config-file", str(workdir / "nodes.conf")))  # fmt: skip
+            nodes.append(node)
+            node.start()
         _assign_slots([n.port for n in nodes])
         yield "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
     finally:
