@@ -26,7 +26,13 @@ def new_version_id(now: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One file that went into a version."""
+    """One file that went into a version.
+
+    ``options`` fingerprints the load options that shape what the file produced (mapping,
+    code shapes, kept names…): the same bytes read another way are another load, so a re-run
+    is skipped only when both the sha256 and this match. Versions recorded before it existed
+    read as ``""``, which matches no load, so such a file is loaded again rather than skipped.
+    """
 
     kind: str
     path: str
@@ -35,6 +41,7 @@ class Source:
     rows: int
     rejected: int
     loaded_at: float
+    options: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +52,7 @@ class Source:
             "rows": self.rows,
             "rejected": self.rejected,
             "loaded_at": self.loaded_at,
+            "options": self.options,
         }
 
     @classmethod
@@ -57,6 +65,7 @@ class Source:
             rows=int(doc["rows"]),
             rejected=int(doc["rejected"]),
             loaded_at=float(doc["loaded_at"]),
+            options=str(doc.get("options", "")),
         )
 
 

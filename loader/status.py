@@ -52,9 +52,12 @@ def render_status(status: dict[str, Any] | None) -> str:
         f"rows      {status['rows']:,} from {len(status['sources'])} file(s), {status['rejected']:,} rejected",
     ]
     for s in status["sources"]:
+        # Files loaded with other options (mapping, code shapes, names) show other fingerprints;
+        # "-" marks a file recorded before fingerprints were.
+        options = s["options"][:8] or "-"
         lines.append(
             f"source    {s['kind']:11s} {s['mode']:5s} {s['loaded_at']}  rows {s['rows']:>9,}  "
-            f"rejected {s['rejected']:>7,}  sha256 {s['sha256'][:12]}  {s['path']}"
+            f"rejected {s['rejected']:>7,}  sha256 {s['sha256'][:12]}  options {options:8s}  {s['path']}"
         )
     if status["previous"]:
         lines.append(f"previous  {status['previous']}")

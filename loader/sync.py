@@ -14,12 +14,15 @@ from __future__ import annotations
 import contextlib
 import enum
 import gc
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
 from gateway.versions import Source, VersionMeta
@@ -71,6 +74,8 @@ class SyncResult:
     format: str | None = None
     encoding: str | None = None
     sha256: str | None = None
+    # options_fingerprint(): with sha256, what makes a re-run of the file a no-op.
+    options: str | None = None
     rows: int = 0
     accepted: int = 0
     rejected: int = 0
@@ -92,14 +97,40 @@ class SyncResult:
         return doc
 
 
-def already_loaded(meta: VersionMeta | None, kind: str, mode: str, sha256: str) -> bool:
-    """Whether the live version already reflects this very file (idempotent re-runs)."""
+def options_fingerprint(kind: str, options: SyncOptions) -> str:
+    """A hash of everything besides the file's bytes that decides what a load of it yields.
+
+    The mapping (built-in aliases and statuses included, so a release that learns a new
+    spelling counts too), the code shapes, whether names are kept, the kind and the mode:
+    re-running a file with any of these changed must load it again, not report it loaded.
+    Guards and ``--force`` are left out: they decide whether a load publishes, not what."""
+    doc = {
+        "kind": kind,
+        "delta": options.delta,
+        "aliases": sorted(options.mapping.aliases.items()),
+        "statuses": sorted((spelling, int(status)) for spelling, status in options.mapping.statuses.items()),
+        "staff_code": options.shapes.staff.pattern,
+        "institution_code": options.shapes.institution.pattern,
+        "keep_names": options.keep_names,
+    }
+    return hashlib.sha256(orjson.dumps(doc)).hexdigest()
+
+
+def already_loaded(meta: VersionMeta | None, kind: str, mode: str, sha256: str, options: str) -> bool:
+    """Whether the live version already reflects this very file read with these very options
+    (``options_fingerprint``), so that a re-run is a no-op."""
     if meta is None:
         return False
     of_kind = [s for s in meta.sources if s.kind == kind]
     if mode == "full":
-        return bool(of_kind) and of_kind[-1].sha256 == sha256 and of_kind[-1].mode == "full"
-    return any(s.sha256 == sha256 for s in of_kind)
+        last = of_kind[-1] if of_kind else None
+        return last is not None and (last.sha256, last.mode, last.options) == (sha256, "full", options)
+    return any((s.sha256, s.options) == (sha256, options) for s in of_kind)
+
+
+def _loaded_otherwise(meta: VersionMeta | None, kind: str, sha256: str) -> bool:
+    """Whether this file is behind the live version but was read with other options."""
+    return meta is not None and any(s.kind == kind and s.sha256 == sha256 for s in meta.sources)
 
 
 def _validate(
@@ -222,12 +253,21 @@ def _sync(
     if unknown:
         log.info("ignoring unknown columns", extra={"columns": unknown})
 
+    fingerprint = result.options = options_fingerprint(kind, options)
     base = publisher.live_meta()
-    if already_loaded(base, kind, mode, facts.sha256):
+    if already_loaded(base, kind, mode, facts.sha256, fingerprint):
         result.unchanged = True
         result.data_version = base.version if base else None
         log.info("file already loaded", extra={"path": str(path), "sha256": facts.sha256})
-        return finish(Outcome.PUBLISHED, f"already loaded (sha256 {facts.sha256[:12]}…): nothing changed")
+        return finish(
+            Outcome.PUBLISHED,
+            f"already loaded (sha256 {facts.sha256[:12]}…, same options): nothing changed",
+        )
+    if _loaded_otherwise(base, kind, facts.sha256):
+        log.info(
+            "file loaded before with other options: loading it again",
+            extra={"path": str(path), "sha256": facts.sha256},
+        )
 
     validator = RowValidator(
         kind, headers, options.shapes, options.mapping, options.delta, options.keep_names
@@ -260,10 +300,12 @@ def _sync(
             )
         result.forced.append(f"bad rows {bad_ratio:.1%} > {options.max_bad_ratio:.0%}")
 
-    source = Source(kind, str(path.resolve()), facts.sha256, mode, result.rows, len(errors), time.time())
+    source = Source(
+        kind, str(path.resolve()), facts.sha256, mode, result.rows, len(errors), time.time(), fingerprint
+    )
     with publisher.lock():
         base = publisher.live_meta()
-        if already_loaded(base, kind, mode, facts.sha256):  # loaded meanwhile by another run
+        if already_loaded(base, kind, mode, facts.sha256, fingerprint):  # loaded meanwhile by another run
             result.unchanged = True
             result.data_version = base.version if base else None
             return finish(Outcome.PUBLISHED, "already loaded by another run: nothing changed")

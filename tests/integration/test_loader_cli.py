@@ -126,6 +126,36 @@ def test_province_mapping_file(env: dict[str, str], tmp_path: Path, sync_redis: 
     assert loader("sync", str(path), "--mapping", str(broken), env=env).returncode == 2
 
 
+def test_a_file_rerun_with_other_options_loads_again(
+    env: dict[str, str], tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    stopped = "D330902999999"
+    rows = [staff_row(code=f"D330902{i:06d}") for i in range(10)] + [staff_row(code=stopped, status="停用")]
+    path = write_csv(tmp_path / "s.csv", HEADERS["staff"], rows)
+    unmapped = orjson.loads(loader("sync", str(path), "--json", env=env).stdout)
+    assert unmapped["exit_code"] == 3 and unmapped["rejected_by_reason"] == {
+        "协议状态: 无法识别的协议状态": 1
+    }
+    assert live_staff(sync_redis, stopped) is None
+    mapping = tmp_path / "province.toml"
+    mapping.write_text('[statuses]\n"停用" = "中止"\n', "utf-8")
+
+    mapped = orjson.loads(loader("sync", str(path), "--mapping", str(mapping), "--json", env=env).stdout)
+    assert (mapped["exit_code"], mapped["unchanged"], mapped["rejected"]) == (0, False, 0)
+    assert mapped["sha256"] == unmapped["sha256"] and mapped["options"] != unmapped["options"]
+    assert live_staff(sync_redis, stopped).periods[0].status is Status.SUSPENDED  # type: ignore[union-attr]
+    again = orjson.loads(loader("sync", str(path), "--mapping", str(mapping), "--json", env=env).stdout)
+    assert again["unchanged"] and again["data_version"] == mapped["data_version"]
+
+    named_env = {**env, "SGW_KEEP_NAMES": "true"}
+    named = orjson.loads(loader("sync", str(path), "--mapping", str(mapping), "--json", env=named_env).stdout)
+    assert named["exit_code"] == 0 and not named["unchanged"]
+    assert live_staff(sync_redis, stopped).name == "张三"  # type: ignore[union-attr]
+    status = orjson.loads(loader("status", "--json", env=env).stdout)
+    assert [(s["sha256"], s["options"]) for s in status["sources"]] == [(named["sha256"], named["options"])]
+    assert f"options {named['options'][:8]}" in loader("status", env=env).stdout
+
+
 def test_status_names_version_files_and_rejections(env: dict[str, str], tmp_path: Path) -> None:
     assert loader("status", env=env).returncode == 1
     inst = write_csv(tmp_path / "i.csv", HEADERS["institution"], [institution_row()])
