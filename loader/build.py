@@ -4,6 +4,14 @@ Keys: a staff code (all its institutions), an institution code, or — for depar
 actions — the institution whose departments they stop. A full export yields every record;
 a delta yields the records it replaces (``None`` = the key is removed) given the live ones.
 
+Every kind applies a delta's rows of one key in file order, by one rule: start from the live
+record; the key's first non-删除 row replaces all of its live periods (a delta replaces all
+rows of what it mentions), and each later non-删除 row adds to them; a 删除 row removes, at
+its place in the file, what it names — a person's periods at one institution (at every one
+when 定点机构代码 is empty), one department's actions, or an institution's whole record. So
+"删除 everywhere, then a new row" leaves the new row, and "a row, then 删除 of it" leaves
+nothing. A key with no periods left is removed.
+
 Staff records are built straight from tuples and encoded by ``gateway.records.encode_staff``:
 a full export has a million of them, and this is half of the loader's time.
 """
@@ -32,7 +40,8 @@ def record_key(entry: Entry) -> str:
 
 
 def grouped(entries: Iterable[Entry]) -> dict[str, list[Any]]:
-    """Entries by record key, in first-seen order (rows of one person need not be adjacent)."""
+    """Entries by record key, in first-seen order (rows of one person need not be adjacent);
+    each key's entries keep their file order, which a delta's 删除 rows depend on."""
     groups: dict[str, list[Any]] = {}
     for entry in entries:
         key = record_key(entry)
@@ -77,40 +86,66 @@ def _staff_full(entries: list[StaffEntry]) -> bytes | None:
     return _staff_encoded(*_staff_parts(entries))
 
 
+def _staff_live(live: bytes | None) -> tuple[list[StaffPeriodTuple], str, str | None]:
+    if not live:
+        return [], "", None
+    current = StaffRecord.decode(live)
+    periods = [(p.institution, p.department, int(p.status), p.start, p.end) for p in current.periods]
+    return periods, current.category, current.name
+
+
 def _staff_delta(entries: list[StaffEntry], live: bytes | None) -> bytes | None:
-    """Rows of a person replace all their periods; 删除 rows, applied after them, remove one
-    institution's periods (every institution's, so the person, when 定点机构代码 is empty)."""
-    deleted = {e.institution for e in entries if e.status is None}
-    if "" in deleted:
-        return None
-    if any(e.status is not None for e in entries):  # rows with periods replace the live ones
-        periods, category, name = _staff_parts(entries)
-    elif live:
-        current = StaffRecord.decode(live)
-        periods = [(p.institution, p.department, int(p.status), p.start, p.end) for p in current.periods]
-        category, name = current.category, current.name
-    else:
-        return None
-    return _staff_encoded((p for p in periods if p[0] not in deleted), category, name)
+    """A person's delta rows in file order (the module's rule): the first row with a period
+    replaces their live periods, later ones add; a 删除 row drops the periods at its
+    institution then and there — all of them, category and name too, when it names none."""
+    periods, category, name = _staff_live(live)
+    replaced = False
+    for e in entries:
+        if e.status is None:
+            if e.institution:
+                periods = [p for p in periods if p[0] != e.institution]
+            else:
+                periods, category, name = [], "", None
+            continue
+        if not replaced:
+            periods, category, name, replaced = [], "", None, True
+        periods.append((e.institution, e.department, e.status, e.start, e.end))
+        category = e.category or category
+        name = e.name or name
+    return _staff_encoded(periods, category, name)
 
 
 # -- institutions ---------------------------------------------------------------------------
 
 
+def _institution_encoded(periods: Iterable[InstitutionPeriod], name: str) -> bytes | None:
+    ordered = sorted(set(periods), key=lambda p: (p.start, p.end, p.status, p.region))
+    return InstitutionRecord(tuple(ordered), name).encode() if ordered else None
+
+
 def _institution_full(entries: list[InstitutionEntry]) -> bytes | None:
-    periods = sorted(
-        {InstitutionPeriod(e.status, e.start, e.end, e.region) for e in entries if e.status is not None},
-        key=lambda p: (p.start, p.end, p.status, p.region),
-    )
-    if not periods:
-        return None
     name = next((e.name for e in reversed(entries) if e.name), "")
-    return InstitutionRecord(tuple(periods), name).encode()
+    return _institution_encoded(
+        (InstitutionPeriod(e.status, e.start, e.end, e.region) for e in entries if e.status is not None), name
+    )
 
 
 def _institution_delta(entries: list[InstitutionEntry], live: bytes | None) -> bytes | None:
-    """An institution's rows replace its record; 删除 rows alone remove it."""
-    return _institution_full(entries)
+    """An institution's delta rows in file order (the module's rule): the first row with a
+    period replaces its live record, later ones add; a 删除 row drops the whole record then
+    and there, so only rows after it count."""
+    current = InstitutionRecord.decode(live) if live else InstitutionRecord(())
+    periods, name = list(current.periods), current.name
+    replaced = False
+    for e in entries:
+        if e.status is None:
+            periods, name = [], ""
+            continue
+        if not replaced:
+            periods, name, replaced = [], "", True
+        periods.append(InstitutionPeriod(e.status, e.start, e.end, e.region))
+        name = e.name or name
+    return _institution_encoded(periods, name)
 
 
 # -- departments ----------------------------------------------------------------------------
@@ -131,20 +166,20 @@ def _departments_full(entries: list[DepartmentEntry]) -> bytes | None:
 
 
 def _departments_delta(entries: list[DepartmentEntry], live: bytes | None) -> bytes | None:
-    """An institution's rows replace all its department actions (as a person's rows replace
-    theirs); 删除 rows then clear the departments they name."""
-    if any(e.status is not None for e in entries):
-        by_dept: dict[str, list[Period]] = {}
-        for e in entries:
-            if e.status is not None:
-                by_dept.setdefault(e.department, []).append(Period(e.status, e.start, e.end))
-    elif live:
+    """An institution's department rows in file order (the module's rule): the first row with
+    a period replaces all its live department actions, later ones add; a 删除 row clears the
+    department it names then and there."""
+    by_dept: dict[str, list[Period]] = {}
+    if live:
         by_dept = {d: list(ps) for d, ps in DepartmentActions.decode(live).by_department.items()}
-    else:
-        return None
+    replaced = False
     for e in entries:
         if e.status is None:
             by_dept.pop(e.department, None)
+            continue
+        if not replaced:
+            by_dept, replaced = {}, True
+        by_dept.setdefault(e.department, []).append(Period(e.status, e.start, e.end))
     return _departments(by_dept)
 
 
@@ -179,8 +214,8 @@ def full_records(kind: str, entries: Iterable[Entry]) -> dict[str, bytes]:
 def delta_records(
     kind: str, groups: Mapping[str, list[Any]], live: Mapping[str, bytes | None]
 ) -> dict[str, bytes | None]:
-    """For each key a delta mentions (``groups``: its entries by key): its new encoded
-    record, or None to remove it. ``live`` holds the current encoded record of every
+    """For each key a delta mentions (``groups``: its entries by key, in file order): its new
+    encoded record, or None to remove it. ``live`` holds the current encoded record of every
     mentioned key (None if absent)."""
     merge = _DELTA[kind]
     return {key: merge(group, live.get(key)) for key, group in groups.items()}

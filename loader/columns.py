@@ -55,7 +55,8 @@ BUILTIN_ALIASES: Mapping[str, str] = {
     "身份证件号码": ID_NUMBER,
 }
 
-# A delta row with this status removes the person's periods (at one or every institution).
+# A delta row with this status removes what it names at its place in the file: a person's
+# periods at one or every institution, an institution's record, a department's actions.
 DELETE = "删除"
 
 STAFF_CATEGORIES = frozenset({"医师", "护士", "药师", "技师", "照护员"})

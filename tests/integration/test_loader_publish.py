@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from gateway.days import day_of_date
 from gateway.keys import Keys
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
@@ -43,6 +44,7 @@ from tests.exports import (
 )
 
 BIN = Path(sys.executable).parent
+APRIL_1 = day_of_date(dt.date(2026, 4, 1))
 
 
 def codes(n: int) -> list[str]:
@@ -98,6 +100,57 @@ def test_department_delta_replaces_one_institution_and_leaves_the_rest(
     assert set(DepartmentActions.decode(sync_redis.hget(table, OTHER_HOSPITAL) or b"").by_department) == {
         "A03"
     }
+
+
+def test_delta_rows_of_every_kind_apply_in_file_order(
+    load: Loader, publisher: Publisher, sync_redis: redis.Redis
+) -> None:
+    """Rows of one key need not be adjacent; each key's rows count in file order."""
+    nurse, other = "N330902000008", "H33090200099"
+    load("institution", [institution_row(), institution_row(code=OTHER_HOSPITAL)])
+    load("staff", [staff_row(), staff_row(code=nurse)])
+    load("department", [department_row("A03"), department_row("A05")])
+
+    load(
+        "institution",
+        [
+            institution_row(status="删除", start=""),
+            institution_row(code=OTHER_HOSPITAL, status="中止", start="2026-03-01"),
+            institution_row(status="暂停", start="2026-04-01"),
+            institution_row(code=OTHER_HOSPITAL, status="删除", start=""),
+        ],
+        delta=True,
+    )
+    table = live_table(publisher, "institution")
+    record = InstitutionRecord.decode(sync_redis.hget(table, HOSPITAL) or b"")
+    assert [(p.status, p.start) for p in record.periods] == [(Status.SUSPENDED, APRIL_1)]
+    assert sync_redis.hget(table, OTHER_HOSPITAL) is None
+
+    result = load(
+        "staff",
+        [
+            staff_row(institution="", status="删除", start=""),
+            staff_row(code=nurse, status="中止", start="2026-03-01"),
+            staff_row(institution=other),
+            staff_row(code=nurse, status="删除", start=""),
+        ],
+        delta=True,
+    )
+    assert result.outcome is Outcome.PUBLISHED
+    table = live_table(publisher, "staff")
+    doctor = StaffRecord.decode(sync_redis.hget(table, "D330902001234") or b"")
+    assert [(p.institution, p.status) for p in doctor.periods] == [(other, Status.NORMAL)]
+    assert sync_redis.hget(table, nurse) is None
+    assert publisher.live_meta().counts["staff"] == 1  # type: ignore[union-attr]
+
+    load(
+        "department",
+        [department_row("A03", status="删除", start=""), department_row("A03", start="2026-04-01")],
+        delta=True,
+    )
+    table = live_table(publisher, "department")
+    actions = DepartmentActions.decode(sync_redis.hget(table, HOSPITAL) or b"").by_department
+    assert {d: [p.start for p in ps] for d, ps in actions.items()} == {"A03": [APRIL_1]}
 
 
 def test_delta_of_a_kind_never_loaded_creates_its_table(load: Loader, publisher: Publisher) -> None:

@@ -221,6 +221,47 @@ def test_department_delta_replaces_an_institutions_actions_and_deletes_one() -> 
     assert set(DepartmentActions.decode(deleted["H33090200017"] or b"").by_department) == {"A05"}
 
 
+def institution_delta(*rows: list[str]) -> bytes | None:
+    """HOSPITAL's record after a delta of ``rows`` over a live 正常 record from 2020."""
+    live = build.full_records("institution", _entries("institution", [institution_row()], delta=False))
+    return build.delta_records("institution", build.grouped(_entries("institution", list(rows))), live)[
+        "H33090200017"
+    ]
+
+
+def test_institution_delta_rows_apply_in_file_order() -> None:
+    suspended = institution_row(status="中止", start="2026-03-01")
+    removed = institution_row(status="删除", start="")
+    assert institution_delta(suspended, removed) is None  # a row, then its 删除: gone
+    after = InstitutionRecord.decode(institution_delta(removed, suspended) or b"")
+    assert [(p.status, p.start) for p in after.periods] == [(Status.SUSPENDED, day("2026-03-01"))]
+    both = InstitutionRecord.decode(
+        institution_delta(institution_row(start="2021-01-01", end="2026-02-28"), suspended) or b""
+    )
+    assert [p.status for p in both.periods] == [Status.NORMAL, Status.SUSPENDED]  # later rows add
+    assert institution_delta(removed) is None
+
+
+def department_delta(*rows: list[str]) -> set[str] | None:
+    """HOSPITAL's departments with actions after a delta of ``rows`` over live A03 and A05."""
+    live = build.full_records(
+        "department", _entries("department", [department_row("A03"), department_row("A05")], delta=False)
+    )
+    raw = build.delta_records("department", build.grouped(_entries("department", list(rows))), live)[
+        "H33090200017"
+    ]
+    return None if raw is None else set(DepartmentActions.decode(raw).by_department)
+
+
+def test_department_delta_rows_apply_in_file_order() -> None:
+    removed = department_row("A03", status="删除", start="")
+    again = department_row("A03", start="2026-04-01")
+    assert department_delta(removed, again) == {"A03"}  # the new action stays; A05 is replaced
+    assert department_delta(again, removed) is None  # no department left: the key is removed
+    assert department_delta(department_row("A07"), department_row("A09"), removed) == {"A07", "A09"}
+    assert department_delta(removed) == {"A05"}
+
+
 # -- demo data ------------------------------------------------------------------------------
 
 

@@ -205,3 +205,68 @@ def test_delta_delete_at_one_or_every_institution() -> None:
         "staff", build.grouped(entries(staff_row(status="删除", institution="", start=""), delta=True)), live
     )
     assert every == {"D330902001234": None}
+
+
+# -- delta rows apply in file order ---------------------------------------------------------
+
+H1, H2, H99 = "H33090200017", "H33090300021", "H33090200099"
+
+
+def staff_delta(*rows: list[str]) -> bytes | None:
+    """The doctor's record after a delta of ``rows`` over a live record at H1 and H2."""
+    live = build.full_records("staff", entries(staff_row(institution=H1), staff_row(institution=H2)))
+    return build.delta_records("staff", build.grouped(entries(*rows, delta=True)), live)["D330902001234"]
+
+
+def periods_of(raw: bytes | None) -> list[tuple[str, Status, int]]:
+    assert raw is not None
+    return [(p.institution, p.status, p.start) for p in StaffRecord.decode(raw).periods]
+
+
+def deleted(institution: str = H1) -> list[str]:
+    return staff_row(institution=institution, status="删除", start="")
+
+
+def test_delta_delete_everywhere_then_a_new_row_keeps_the_new_row() -> None:
+    raw = staff_delta(deleted(""), staff_row(institution=H99))
+    assert periods_of(raw) == [(H99, Status.NORMAL, day("2024-01-01"))]
+    assert StaffRecord.decode(raw or b"").category == "医师"
+
+
+def test_delta_delete_at_an_institution_then_a_row_there_keeps_the_row() -> None:
+    raw = staff_delta(deleted(H1), staff_row(institution=H1, status="中止", start="2026-03-01"))
+    assert periods_of(raw) == [(H1, Status.SUSPENDED, day("2026-03-01"))]  # H2: replaced by the row
+
+
+def test_delta_row_then_its_delete_removes_the_person() -> None:
+    assert staff_delta(staff_row(institution=H1, status="中止", start="2026-03-01"), deleted(H1)) is None
+    assert staff_delta(staff_row(institution=H99), deleted("")) is None
+
+
+def test_delta_rows_after_the_first_add_and_a_later_delete_removes_only_its_institution() -> None:
+    raw = staff_delta(
+        staff_row(institution=H1, status="中止", start="2026-03-01"),
+        staff_row(institution=H99),
+        staff_row(institution=H2, start="2025-01-01"),
+        deleted(H2),
+    )
+    assert periods_of(raw) == [
+        (H1, Status.SUSPENDED, day("2026-03-01")),
+        (H99, Status.NORMAL, day("2024-01-01")),
+    ]
+
+
+def test_delta_deletes_alone_edit_the_live_periods() -> None:
+    assert periods_of(staff_delta(deleted(H2))) == [(H1, Status.NORMAL, day("2024-01-01"))]
+    assert staff_delta(deleted(H1), deleted(H2)) is None
+    unknown = build.delta_records("staff", build.grouped(entries(deleted(""), delta=True)), {})
+    assert unknown == {"D330902001234": None}
+
+
+def test_grouping_keeps_each_persons_rows_in_file_order() -> None:
+    rows = [deleted(""), staff_row(code="N330902000008"), staff_row(institution=H99), deleted(H99)]
+    groups = build.grouped(entries(*rows, delta=True))
+    assert [[e.status for e in group] for group in groups.values()] == [
+        [None, Status.NORMAL, None],
+        [Status.NORMAL],
+    ]
