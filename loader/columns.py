@@ -42,6 +42,18 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "department": (INSTITUTION, DEPARTMENT, STATUS, START),
 }
 
+# A 删除 row's dates are ignored, so a delta (a delete-only one, say) may come without them;
+# its rows that need a date are then rejected one by one, not the whole file.
+DATE_COLUMNS = frozenset({START, END})
+
+
+def required_columns(kind: str, delta: bool) -> tuple[str, ...]:
+    """The columns a file of this kind must have to be read at all."""
+    if not delta:
+        return REQUIRED[kind]
+    return tuple(name for name in REQUIRED[kind] if name not in DATE_COLUMNS)
+
+
 BUILTIN_ALIASES: Mapping[str, str] = {
     "医保医师代码": CODE,
     "医保医生代码": CODE,

@@ -91,6 +91,8 @@ class RowValidator:
         at = {name: i for i, name in enumerate(headers) if name}
         self._status_at = at.get(col.STATUS, len(headers))
         self._start_at = at.get(col.START, len(headers))
+        # A delta may lack the column (its 删除 rows need no dates): say so in each rejection.
+        self._no_start = "开始日期为空" + ("" if col.START in at else "（表头中没有开始日期列）")
         self._end_at = at.get(col.END, len(headers))
         self._institution_at = at.get(col.INSTITUTION, len(headers))
         self._code_at = at.get(col.CODE, len(headers))
@@ -190,7 +192,7 @@ class RowValidator:
             return 0, OPEN_END
         start_text = cells[self._start_at].strip()
         if not start_text:
-            raise _Invalid(col.START, "开始日期为空")
+            raise _Invalid(col.START, self._no_start)
         try:
             start = self._day(start_text)
         except DateError as exc:

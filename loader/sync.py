@@ -27,7 +27,7 @@ import orjson
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
 from gateway.versions import Source, VersionMeta
 from loader import build, report
-from loader.columns import CANONICAL, KINDS, REQUIRED, ColumnMapping, detect_kind
+from loader.columns import CANONICAL, KINDS, ColumnMapping, detect_kind, required_columns
 from loader.progress import NoProgress, Progress
 from loader.publish import Publisher
 from loader.reading import FileFormatError, Table, open_table, scan_file
@@ -243,7 +243,7 @@ def _sync(
             f"--kind {options.kind} given, but the header row is a {detected} export's; nothing loaded",
         )
     result.kind = kind
-    missing = [h for h in REQUIRED[kind] if h not in headers]
+    missing = [h for h in required_columns(kind, options.delta) if h not in headers]
     if missing:
         return finish(Outcome.REFUSED, f"the header row lacks required column(s): {', '.join(missing)}")
     duplicated = sorted({h for h in headers if h and headers.count(h) > 1})

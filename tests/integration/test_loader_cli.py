@@ -156,6 +156,19 @@ def test_a_file_rerun_with_other_options_loads_again(
     assert f"options {named['options'][:8]}" in loader("status", env=env).stdout
 
 
+def test_a_delete_only_delta_needs_no_date_columns(
+    env: dict[str, str], tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    full = write_csv(tmp_path / "s.csv", HEADERS["staff"], [staff_row(), staff_row(code="N330902000008")])
+    assert loader("sync", str(full), env=env).returncode == 0
+    deletes = tmp_path / "d.csv"
+    deletes.write_text("人员代码,定点机构代码,协议状态\nN330902000008,,删除\n", "utf-8")
+    refused = loader("sync", str(deletes), env=env)
+    assert refused.returncode == 4 and "lacks required column(s): 开始日期" in refused.stdout
+    assert loader("sync", str(deletes), "--delta", env=env).returncode == 0
+    assert live_staff(sync_redis, "N330902000008") is None and live_staff(sync_redis, "D330902001234")
+
+
 def test_status_names_version_files_and_rejections(env: dict[str, str], tmp_path: Path) -> None:
     assert loader("status", env=env).returncode == 1
     inst = write_csv(tmp_path / "i.csv", HEADERS["institution"], [institution_row()])

@@ -153,6 +153,51 @@ def test_delta_rows_of_every_kind_apply_in_file_order(
     assert {d: [p.start for p in ps] for d, ps in actions.items()} == {"A03": [APRIL_1]}
 
 
+def test_a_delta_without_date_columns_deletes_and_rejects_only_rows_needing_a_date(
+    load: Loader, publisher: Publisher, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
+    nurse = "N330902000008"
+    others = [staff_row(code=c) for c in codes(10)]
+    load("staff", [staff_row(), staff_row(institution=OTHER_HOSPITAL), staff_row(code=nurse), *others])
+    header = ["人员代码", "定点机构代码", "协议状态"]
+    deletes = write_csv(
+        tmp_path / "d.csv", header, [["D330902001234", OTHER_HOSPITAL, "删除"], [nurse, "", "删除"]]
+    )
+    result = sync_file(deletes, publisher, SyncOptions(delta=True))
+    assert (result.outcome, result.rejected) == (Outcome.PUBLISHED, 0)
+    table = live_table(publisher, "staff")
+    assert list(StaffRecord.decode(sync_redis.hget(table, "D330902001234") or b"").by_institution) == [
+        HOSPITAL
+    ]
+    assert sync_redis.hget(table, nurse) is None
+
+    rows = [*([c, "", "删除"] for c in codes(10)), ["D330902001234", HOSPITAL, "中止"]]
+    mixed = sync_file(write_csv(tmp_path / "m.csv", header, rows), publisher, SyncOptions(delta=True))
+    assert (mixed.outcome, mixed.rejected, mixed.records) == (Outcome.PUBLISHED_WITH_REJECTS, 1, 10)
+    report = Path(mixed.report or "").read_text(encoding="utf-8-sig").splitlines()
+    assert report[1] == f"{tmp_path / 'm.csv'},12,开始日期,开始日期为空（表头中没有开始日期列）,"
+    assert publisher.live_meta().counts["staff"] == 1  # type: ignore[union-attr]
+
+    full = sync_file(deletes, publisher, SyncOptions())
+    assert full.outcome is Outcome.REFUSED and "lacks required column(s): 开始日期" in full.message
+
+
+def test_institution_and_department_deltas_without_date_columns(
+    load: Loader, publisher: Publisher, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
+    load("institution", [institution_row(), institution_row(code=OTHER_HOSPITAL)])
+    load("department", [department_row("A03"), department_row("A05")])
+    institutions = write_csv(tmp_path / "i.csv", ["定点机构代码", "协议状态"], [[OTHER_HOSPITAL, "删除"]])
+    assert sync_file(institutions, publisher, SyncOptions(delta=True)).outcome is Outcome.PUBLISHED
+    assert sync_redis.hget(live_table(publisher, "institution"), OTHER_HOSPITAL) is None
+    departments = write_csv(
+        tmp_path / "k.csv", ["定点机构代码", "科室编码", "协议状态"], [[HOSPITAL, "A05", "删除"]]
+    )
+    assert sync_file(departments, publisher, SyncOptions(delta=True)).outcome is Outcome.PUBLISHED
+    raw = sync_redis.hget(live_table(publisher, "department"), HOSPITAL) or b""
+    assert set(DepartmentActions.decode(raw).by_department) == {"A03"}
+
+
 def test_delta_of_a_kind_never_loaded_creates_its_table(load: Loader, publisher: Publisher) -> None:
     load("institution", [institution_row()])
     result = load("staff", [staff_row()], delta=True)
