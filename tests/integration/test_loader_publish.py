@@ -45,6 +45,7 @@ from tests.exports import (
 
 BIN = Path(sys.executable).parent
 APRIL_1 = day_of_date(dt.date(2026, 4, 1))
+MAY_31 = day_of_date(dt.date(2026, 5, 31))
 
 
 def codes(n: int) -> list[str]:
@@ -196,6 +197,41 @@ def test_institution_and_department_deltas_without_date_columns(
     assert sync_file(departments, publisher, SyncOptions(delta=True)).outcome is Outcome.PUBLISHED
     raw = sync_redis.hget(live_table(publisher, "department"), HOSPITAL) or b""
     assert set(DepartmentActions.decode(raw).by_department) == {"A03"}
+
+
+SYNONYMS = {"暂停": Status.SUSPENDED, "终止": Status.TERMINATED, "有效": Status.NORMAL}
+THIRD_HOSPITAL = "H33090400035"
+
+
+def test_institution_file_with_provincial_headers_and_status_synonyms_loads(
+    publisher: Publisher, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
+    header = ["医疗机构编码", "机构名称", "统筹区", "人员状态", "备案开始日期", "合同截止时间"]
+    hospitals = [HOSPITAL, OTHER_HOSPITAL, THIRD_HOSPITAL]
+    spelled = zip(hospitals, SYNONYMS, strict=True)
+    rows = [[code, "测试医院", "330902", spelling, "2026/4/1", "2026-05-31"] for code, spelling in spelled]
+    result = sync_file(write_csv(tmp_path / "i.csv", header, rows), publisher, SyncOptions())
+    assert (result.kind, result.outcome, result.records) == ("institution", Outcome.PUBLISHED, 3)
+    table = live_table(publisher, "institution")
+    for code, status in zip(hospitals, SYNONYMS.values(), strict=True):
+        (period,) = InstitutionRecord.decode(sync_redis.hget(table, code) or b"").periods
+        assert (period.status, period.start, period.end) == (status, APRIL_1, MAY_31)
+
+
+def test_department_file_with_provincial_headers_and_status_synonyms_loads(
+    publisher: Publisher, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
+    header = ["医疗机构编码", "科室编码", "人员状态", "合同起始时间", "备案结束日期"]
+    rows = [
+        [HOSPITAL, f"A0{i}", spelling, "20260401", "2026年5月31日"] for i, spelling in enumerate(SYNONYMS)
+    ]
+    result = sync_file(write_csv(tmp_path / "k.csv", header, rows), publisher, SyncOptions())
+    assert (result.kind, result.outcome, result.records) == ("department", Outcome.PUBLISHED, 1)
+    raw = sync_redis.hget(live_table(publisher, "department"), HOSPITAL) or b""
+    actions = DepartmentActions.decode(raw).by_department
+    assert {d: [(p.status, p.start, p.end) for p in ps] for d, ps in actions.items()} == {
+        f"A0{i}": [(status, APRIL_1, MAY_31)] for i, status in enumerate(SYNONYMS.values())
+    }
 
 
 def test_delta_of_a_kind_never_loaded_creates_its_table(load: Loader, publisher: Publisher) -> None:
