@@ -29,6 +29,7 @@ from types import TracebackType
 import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from gateway.breaker import BreakerOpen
 from gateway.code_share import CodeShareTracker
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
 from gateway.policy import Reason, Verdict
@@ -58,7 +59,9 @@ DECISION_SIZE_LARGEST = "1001+"
 
 # Store calls, by what they fetch: the per-request script, the live pointer, a version's meta.
 REDIS_CALLS = ("read", "live", "meta")
-REDIS_ERROR_KINDS = ("timeout", "connection", "response", "other")
+# ``breaker_open``: the circuit breaker refused the call, so it never reached Redis.
+BREAKER_OPEN = "breaker_open"
+REDIS_ERROR_KINDS = ("timeout", "connection", "response", "other", BREAKER_OPEN)
 
 STAFF_CODE_FAULTS = (Reason.STAFF_CODE_MISSING, Reason.STAFF_CODE_MALFORMED)
 JUDGED_VERDICTS = (Verdict.ACCEPT, Verdict.REJECT, Verdict.ACCEPT_EMERGENCY)
@@ -114,6 +117,8 @@ class _InstitutionChildren:
 
 def redis_error_kind(exc: BaseException) -> str:
     """A bounded label value for a failed store call."""
+    if isinstance(exc, BreakerOpen):  # a ConnectionError, but no connection was tried
+        return BREAKER_OPEN
     if isinstance(exc, redis.exceptions.TimeoutError | TimeoutError):
         return "timeout"
     if isinstance(exc, redis.exceptions.ConnectionError | OSError):
@@ -124,7 +129,11 @@ def redis_error_kind(exc: BaseException) -> str:
 
 
 class RedisCallTimer:
-    """Times one store call; counts it as an error (by kind) if it raises."""
+    """Times one store call; counts it as an error (by kind) if it raises.
+
+    A call the circuit breaker refused is counted as a ``breaker_open`` error but not timed:
+    it never reached Redis, and its ~0 s would drag the latency percentiles down exactly
+    while Redis is failing."""
 
     __slots__ = ("_errors", "_latency", "_started")
 
@@ -139,9 +148,11 @@ class RedisCallTimer:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._latency.observe(time.perf_counter() - self._started)
-        if exc is not None and isinstance(exc, Exception):
-            self._errors[redis_error_kind(exc)].inc()
+        kind = redis_error_kind(exc) if isinstance(exc, Exception) else None
+        if kind != BREAKER_OPEN:
+            self._latency.observe(time.perf_counter() - self._started)
+        if kind is not None:
+            self._errors[kind].inc()
 
 
 # Read in C by Counter, so counting codes costs no Python step per line.

@@ -168,7 +168,7 @@ async def test_redis_calls_are_timed(
     assert s.value("sgw_redis_call_seconds_count", call="meta") == 1
     assert s.total("sgw_redis_errors_total") == 0
     assert {labels["error"] for labels in s.series("sgw_redis_errors_total")} == {
-        "timeout", "connection", "response", "other",
+        "timeout", "connection", "response", "other", "breaker_open",
     }  # fmt: skip
 
 
@@ -193,6 +193,41 @@ async def test_redis_errors_are_counted_by_kind(
         assert s.total("grpc_server_handled_total", grpc_method="Validate", grpc_code="Unavailable") == 1
         # No data was ever loaded: the request path asks for the live pointer, which fails.
         assert s.value("sgw_redis_errors_total", call="live", error="connection") == 1
+    finally:
+        await app.stop(0.5)
+        own.stop()
+
+
+def redis_totals(s: Scrape) -> tuple[float, float, float]:
+    """(calls timed, errors of calls that reached Redis, calls the breaker refused)."""
+    errors = s.total("sgw_redis_errors_total")
+    refused = s.total("sgw_redis_errors_total", error="breaker_open")
+    return s.total("sgw_redis_call_seconds_count"), errors - refused, refused
+
+
+async def test_calls_the_breaker_refused_are_not_counted_as_redis_calls(
+    redis_server: RedisProcess, settings: Settings, tmp_path: Path
+) -> None:
+    own = RedisProcess(redis_server.binary, free_port(), tmp_path)
+    own.start()
+    app = GatewayApp(dataclasses.replace(settings, redis_url=own.url, breaker_reset_seconds=30.0), own.url)
+    try:
+        await app.start()
+        timed_before, failed_before, refused_before = redis_totals(scrape(app.metrics_port))
+        own.kill()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.SettlementGatewayStub(channel)
+            for _ in range(6):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Validate(request(line()))
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert app.store is not None and app.store.breaker.is_open
+        timed, failed, refused = redis_totals(scrape(app.metrics_port))
+        assert refused - refused_before >= 3  # the breaker opened after at most 3 failures
+        assert failed - failed_before >= 1
+        # Every call timed since Redis died is one that reached it (and failed): none of
+        # the refused ones.
+        assert timed - timed_before == failed - failed_before
     finally:
         await app.stop(0.5)
         own.stop()

@@ -1,4 +1,5 @@
-"""The pure parts behind the metrics: the staff-code window, the state merge, error kinds."""
+"""The pure parts behind the metrics: the staff-code window, the state merge, error kinds,
+the Redis call timer."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import redis.exceptions
 from prometheus_client import CollectorRegistry
 
+from gateway.breaker import BreakerOpen
 from gateway.code_share import CodeShareTracker, WindowSummary
 from gateway.metrics import GatewayMetrics, MetricsConfig, redis_error_kind
 from gateway.metrics_state import ProcessState, StateCollector
@@ -115,7 +117,28 @@ def test_degraded_answers_are_counted() -> None:
         (ConnectionRefusedError(), "connection"),
         (redis.exceptions.ResponseError("NOSCRIPT"), "response"),
         (RuntimeError("x"), "other"),
+        (BreakerOpen("open"), "breaker_open"),
     ],
 )
 def test_store_errors_fall_into_a_few_kinds(error: Exception, kind: str) -> None:
     assert redis_error_kind(error) == kind
+
+
+def test_a_call_the_breaker_refused_is_counted_apart_and_not_timed() -> None:
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry, MetricsConfig())
+    for error in (BreakerOpen("open"), BreakerOpen("open"), redis.exceptions.ConnectionError("refused")):
+        with pytest.raises(type(error)), metrics.redis_call("read"):
+            raise error
+    with metrics.redis_call("read"):
+        pass
+
+    def errors(kind: str) -> float | None:
+        return registry.get_sample_value("sgw_redis_errors_total", {"call": "read", "error": kind})
+
+    assert (errors("breaker_open"), errors("connection")) == (2, 1)
+    # Only the two calls that reached Redis were timed.
+    assert registry.get_sample_value("sgw_redis_call_seconds_count", {"call": "read"}) == 2
+    # Like every kind, it exists from the start.
+    meta = {"call": "meta", "error": "breaker_open"}
+    assert registry.get_sample_value("sgw_redis_errors_total", meta) == 0
