@@ -7,9 +7,9 @@ worker writes its counters and histograms to memory-mapped files in one director
 supervisor serves the sum. The supervisor's part, in order:
 
 1. ``prepare_multiprocess_dir(path)`` before forking any worker (and before any metric is
-   created): wipes the directory (files of a previous run would be added to this run's
-   counts) and switches prometheus-client into multiprocess mode for this process and the
-   workers it forks.
+   created): removes a previous run's metric and state files (they would be added to this
+   run's counts), leaving anything else in the directory alone, and switches
+   prometheus-client into multiprocess mode for this process and the workers it forks.
 2. In each worker, ``GatewayApp(settings, url, metrics_dir=path)``: the worker writes its
    metrics and its ``ProcessState`` there and starts no HTTP server of its own.
 3. ``serve_metrics(host, port, multiprocess_registry(path, top_codes))`` in the supervisor.
@@ -20,7 +20,6 @@ supervisor serves the sum. The supervisor's part, in order:
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -29,9 +28,11 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, start_http_server, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from gateway.metrics_state import StateCollector, read_state_files, state_file
+from gateway.metrics_state import StateCollector, read_state_files, state_file, written_state_files
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# What prometheus-client writes (``<type>_<pid>.db``) and reads back: every ``*.db`` there.
+MULTIPROCESS_FILES = "*.db"
 
 
 def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> tuple[WSGIServer, threading.Thread]:
@@ -41,7 +42,8 @@ def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> tuple[WS
 
 
 def prepare_multiprocess_dir(path: Path | None = None) -> Path:
-    """Create (or empty) the directory the workers share and enter multiprocess mode.
+    """Create the directory the workers share, clear a previous run's files from it and
+    enter multiprocess mode.
 
     ``path`` defaults to ``$PROMETHEUS_MULTIPROC_DIR`` if set, else a new temporary
     directory. Must run before the workers fork and before any metric is created, since
@@ -51,14 +53,22 @@ def prepare_multiprocess_dir(path: Path | None = None) -> Path:
         configured = os.environ.get(MULTIPROC_ENV)
         path = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="sgw-metrics-"))
     path.mkdir(parents=True, exist_ok=True)
-    for entry in path.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    remove_previous_run(path)
     os.environ[MULTIPROC_ENV] = str(path)
     values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     return path
+
+
+def remove_previous_run(path: Path) -> None:
+    """Delete the metric files (``*.db``) and state files an earlier run left in ``path``.
+
+    Only those: the directory is the operator's (``$PROMETHEUS_MULTIPROC_DIR`` may point at
+    a directory holding other things), so anything the gateway and prometheus-client did not
+    write there stays.
+    """
+    for entry in (*path.glob(MULTIPROCESS_FILES), *written_state_files(path)):
+        if not entry.is_dir():
+            entry.unlink(missing_ok=True)
 
 
 def multiprocess_registry(path: Path, top_codes: int) -> CollectorRegistry:

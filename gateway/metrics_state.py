@@ -76,21 +76,36 @@ class ProcessState:
         )
 
 
+STATE_FILE_SUFFIX = ".json"
+# A state file being written, renamed to its final name once complete.
+STATE_TMP_SUFFIX = ".tmp"
+
+
 def state_file(directory: Path, pid: int) -> Path:
-    return directory / f"{STATE_FILE_PREFIX}{pid}.json"
+    return directory / f"{STATE_FILE_PREFIX}{pid}{STATE_FILE_SUFFIX}"
+
+
+def written_state_files(directory: Path) -> list[Path]:
+    """Every file this module may have left in ``directory``, complete or half-written, so
+    a new run can remove exactly those and nothing an operator put there."""
+    return [
+        path
+        for suffix in (STATE_FILE_SUFFIX, STATE_TMP_SUFFIX)
+        for path in directory.glob(f"{STATE_FILE_PREFIX}*{suffix}")
+    ]
 
 
 def write_state_file(directory: Path, pid: int, state: ProcessState) -> None:
     """Replace the process's state file atomically (a scrape never reads half a file)."""
     target = state_file(directory, pid)
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_suffix(STATE_TMP_SUFFIX)
     tmp.write_bytes(state.to_json())
     os.replace(tmp, target)
 
 
 def read_state_files(directory: Path) -> list[ProcessState]:
     states = []
-    for path in sorted(directory.glob(f"{STATE_FILE_PREFIX}*.json")):
+    for path in sorted(directory.glob(f"{STATE_FILE_PREFIX}*{STATE_FILE_SUFFIX}")):
         # A worker may be marked dead between the glob and the read.
         with contextlib.suppress(FileNotFoundError):
             states.append(ProcessState.from_json(path.read_bytes()))

@@ -1,6 +1,7 @@
 """Metrics of ``serve --workers 2`` in prometheus-client's multiprocess mode, with real
-worker processes: a previous run's files are wiped at start, the workers' counters and
-states add up, and a worker that dies keeps its counts but loses its state gauges."""
+worker processes: a previous run's files are removed at start (an operator's stay), the
+workers' counters and states add up, and a worker that dies keeps its counts but loses its
+state gauges."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.integration.test_workers import SUSPENDED, Supervisor, bill, check_re
 from tests.scrape import Scrape, scrape
 
 STALE_PID = 4242
+OPERATORS_FILE = "README.operator"
 
 
 def leave_a_previous_run(directory: Path) -> None:
@@ -35,6 +37,8 @@ def leave_a_previous_run(directory: Path) -> None:
     (directory / f"sgw_state_{STALE_PID}.json").write_bytes(
         ProcessState("20200101T000000Z-stale0", 1.0).to_json()
     )
+    # And what is not the gateway's: it must survive the clean-up.
+    (directory / OPERATORS_FILE).write_text("written by the operator")
 
 
 def scrape_until(port: int, ready: Callable[[Scrape], bool], what: str) -> Scrape:
@@ -73,6 +77,8 @@ def test_worker_metrics_start_clean_add_up_and_outlive_a_worker(
         assert sorted(p.name for p in directory.glob("sgw_state_*.json")) == sorted(
             state_file(directory, pid).name for pid in workers
         )
+        assert not (directory / f"counter_{STALE_PID}.db").exists()
+        assert (directory / OPERATORS_FILE).read_text() == "written by the operator"
 
         own_connection = [("grpc.use_local_subchannel_pool", 1)]
         channels = [grpc.insecure_channel(f"127.0.0.1:{supervisor.port}", own_connection) for _ in range(16)]

@@ -1,16 +1,19 @@
 """The pure parts behind the metrics: the staff-code window, the state merge, error kinds,
-the Redis call timer."""
+the Redis call timer, the multiprocess directory's clean-up."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis.exceptions
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, values
 
 from gateway.breaker import BreakerOpen
 from gateway.code_share import CodeShareTracker, WindowSummary
 from gateway.metrics import GatewayMetrics, MetricsConfig, redis_error_kind
-from gateway.metrics_state import ProcessState, StateCollector
+from gateway.metrics_exposition import MULTIPROC_ENV, prepare_multiprocess_dir
+from gateway.metrics_state import ProcessState, StateCollector, write_state_file
 from gateway.policy import Reason, Verdict
 from gateway.rules import Decision, Line
 from gateway.versions import Source
@@ -142,3 +145,25 @@ def test_a_call_the_breaker_refused_is_counted_apart_and_not_timed() -> None:
     # Like every kind, it exists from the start.
     meta = {"call": "meta", "error": "breaker_open"}
     assert registry.get_sample_value("sgw_redis_errors_total", meta) == 0
+
+
+def test_a_new_run_removes_only_the_files_metrics_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prepare_multiprocess_dir switches this process to multiprocess mode: undone afterwards.
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
+    directory = tmp_path / "multiproc"
+    monkeypatch.setenv(MULTIPROC_ENV, str(directory))
+    directory.mkdir()
+    written = ["counter_4242.db", "histogram_4242.db", "gauge_livesum_4242.db", "sgw_state_4242.tmp"]
+    for name in written:
+        (directory / name).write_bytes(b"previous run")
+    write_state_file(directory, 4242, ProcessState("20200101T000000Z-stale0", 1.0))
+    operators = ["README", "sgw_state_notes.txt", "metrics.db.bak", "keep/counter_1.db"]
+    for name in operators:
+        (directory / name).parent.mkdir(exist_ok=True)
+        (directory / name).write_text("the operator's")
+
+    assert prepare_multiprocess_dir() == directory
+    left = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    assert left == sorted(operators)
