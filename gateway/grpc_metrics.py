@@ -8,6 +8,11 @@ Operators' dashboards already speak ``grpc_server_started_total``,
 A refusal is ``await context.abort(code, …)``, which raises out of the handler: the
 interceptor reads the code the abort set on the context, so an aborted call is counted with
 its real status rather than as an unknown error.
+
+The interceptor also enforces ``SGW_MAX_CONCURRENT_RPCS`` (``InFlightLimit``). gRPC's own
+``maximum_concurrent_rpcs`` refuses a call after the interceptors ran but before the handler
+they wrapped, so its refusals never reached these metrics and overload looked like calm;
+refused here, a call is counted as started and as handled with ``ResourceExhausted``.
 """
 
 from __future__ import annotations
@@ -128,6 +133,54 @@ async def _counted(requests: AsyncIterator[Any], received: Counter) -> AsyncIter
 
 Behavior = Callable[..., Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+class _Slot:
+    """One admitted call's place in the in-flight count, given back exactly once.
+
+    Both the handler's ``finally`` (promptly, when the handler ends) and the call's done
+    callback (always, even when a streaming handler is dropped without being closed) release
+    it; whichever comes second does nothing."""
+
+    __slots__ = ("_held", "_limit")
+
+    def __init__(self, limit: InFlightLimit) -> None:
+        self._limit = limit
+        self._held = True
+
+    def release(self, _context: object = None) -> None:
+        """Give the place back (a done callback passes the context, unused)."""
+        if self._held:
+            self._held = False
+            self._limit.in_flight -= 1
+
+
+class InFlightLimit:
+    """At most ``limit`` calls run at once; a call beyond it is refused at once with
+    ``RESOURCE_EXHAUSTED`` rather than queued behind a flood (``None``: no limit).
+
+    Calls run on one event loop, so a plain count is enough."""
+
+    def __init__(self, limit: int | None) -> None:
+        if limit is not None and limit <= 0:
+            raise ValueError("the concurrency limit must be positive")
+        self.limit = limit
+        self.in_flight = 0
+
+    async def admit(self, context: Context) -> _Slot:
+        """Take a slot for the call, or abort it with ``RESOURCE_EXHAUSTED`` (raises)."""
+        if self.limit is not None and self.in_flight >= self.limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the gateway is already handling its limit of {self.limit} calls at once "
+                "(SGW_MAX_CONCURRENT_RPCS); retry shortly or send the call to another instance",
+            )
+        self.in_flight += 1
+        slot = _Slot(self)
+        # The stubs type the callback as a class that exists only in them.
+        context.add_done_callback(slot.release)  # type: ignore[arg-type]
+        return slot
 
 
 def _behavior(function: Behavior | None) -> Behavior:
@@ -136,11 +189,15 @@ def _behavior(function: Behavior | None) -> Behavior:
     return function
 
 
-def _wrap_unary_response(behavior: Behavior, m: MethodMetrics, request_streaming: bool) -> Behavior:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+def _wrap_unary_response(
+    behavior: Behavior, m: MethodMetrics, request_streaming: bool, limit: InFlightLimit
+) -> Behavior:
+    async def handler(request: Any, context: Context) -> Any:
         request, started_at = m.start(request, request_streaming)
         error: BaseException | None = None
+        slot: _Slot | None = None
         try:
+            slot = await limit.admit(context)
             result = behavior(request, context)
             if isinstance(result, Awaitable):
                 result = await result
@@ -149,6 +206,8 @@ def _wrap_unary_response(behavior: Behavior, m: MethodMetrics, request_streaming
             error = exc
             raise
         finally:
+            if slot is not None:
+                slot.release()
             code = _final_code(context, error)
             if code is grpc.StatusCode.OK:
                 m.sent.inc()
@@ -157,11 +216,15 @@ def _wrap_unary_response(behavior: Behavior, m: MethodMetrics, request_streaming
     return handler
 
 
-def _wrap_streaming_response(behavior: Behavior, m: MethodMetrics, request_streaming: bool) -> Behavior:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+def _wrap_streaming_response(
+    behavior: Behavior, m: MethodMetrics, request_streaming: bool, limit: InFlightLimit
+) -> Behavior:
+    async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         request, started_at = m.start(request, request_streaming)
         error: BaseException | None = None
+        slot: _Slot | None = None
         try:
+            slot = await limit.admit(context)
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for response in result:
@@ -173,16 +236,20 @@ def _wrap_streaming_response(behavior: Behavior, m: MethodMetrics, request_strea
             error = exc
             raise
         finally:
+            if slot is not None:
+                slot.release()
             m.finish(started_at, _final_code(context, error))
 
     return handler
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts and times every call the server handles."""
+    """Counts and times every call the server handles, and refuses (and counts) the calls
+    beyond ``max_concurrent_rpcs`` running at once."""
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    def __init__(self, metrics: GatewayMetrics, max_concurrent_rpcs: int | None = None) -> None:
         self.metrics = metrics
+        self.limit = InFlightLimit(max_concurrent_rpcs)
         # full method -> (the handler as resolved, our wrapped handler)
         self._handlers: dict[str, tuple[Handler, Handler]] = {}
         self._methods: dict[tuple[str, str, str], MethodMetrics] = {}
@@ -227,16 +294,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         }
         if not req_stream and not resp_stream:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(_behavior(handler.unary_unary), m, False), **codec
+                _wrap_unary_response(_behavior(handler.unary_unary), m, False, self.limit), **codec
             )
         if req_stream and not resp_stream:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(_behavior(handler.stream_unary), m, True), **codec
+                _wrap_unary_response(_behavior(handler.stream_unary), m, True, self.limit), **codec
             )
         if not req_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming_response(_behavior(handler.unary_stream), m, False), **codec
+                _wrap_streaming_response(_behavior(handler.unary_stream), m, False, self.limit), **codec
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming_response(_behavior(handler.stream_stream), m, True), **codec
+            _wrap_streaming_response(_behavior(handler.stream_stream), m, True, self.limit), **codec
         )
