@@ -12,7 +12,8 @@ Records go to one capped Redis Stream (``Keys.audit``, trimmed approximately to
 batches with one pipelined round trip each. The queue is bounded by lines: when Redis is down
 longer than the queue can hold, further records are dropped and counted (metric
 ``sgw_audit_records_total{result="dropped"}`` and a log line), never blocking a checkout.
-Buffered records are written once Redis is back.
+Buffered records are written once Redis is back. A queued answer keeps only its audited
+lines' fields, never the request, so the queue's memory follows the lines it counts.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, cast
 from gateway.keys import Keys
 from gateway.metrics import GatewayMetrics
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
-from gateway.policy import Verdict
+from gateway.policy import Reason, Verdict
 from gateway.redis_client import AsyncRedis, SyncRedis
 from gateway.rules import Decision
 
@@ -46,6 +47,11 @@ QUERY_BATCH = 5000
 WRITE_SLACK_SECONDS = 3600
 # The gateway's and Redis's clocks may disagree by this much.
 CLOCK_SKEW_SECONDS = 300
+
+
+# A module global, not ``Verdict.ACCEPT`` in the loop: an enum member looked up on its class
+# costs about three times the check itself, once per line of every bill.
+_ACCEPT = Verdict.ACCEPT
 
 
 def needs_audit(decision: Decision) -> bool:
@@ -101,40 +107,74 @@ def format_time(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# One audited line as queued: line id, staff code (as sent), verdict, reason, rule.
+_QueuedLine = tuple[str, str, Verdict, Reason, str]
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    """One answer's audited lines, as queued by ``Validate`` (flattened by the writer)."""
+    """One answer's audited lines, as queued by ``Validate`` (flattened by the writer).
 
-    request: pb.ValidateRequest
-    decisions: Sequence[Decision]
-    indices: list[int]
+    Only what the records need is copied out of the request: the queue must cost memory in
+    proportion to the audited lines it counts, not to the bills they came from (a 10,000-line
+    bill with one rejected line would otherwise pin its ~0.5 MB for that one queued line while
+    Redis is down). No protobuf object is referenced from here.
+    """
+
+    request_id: str
+    institution_code: str
+    settlement_id: str
+    lines: tuple[_QueuedLine, ...]
     data_version: str
     degraded: bool
     at: float
 
+    @classmethod
+    def of(
+        cls,
+        request: pb.ValidateRequest,
+        decisions: Sequence[Decision],
+        indices: list[int],
+        data_version: str,
+        degraded: bool,
+    ) -> _Pending:
+        """Copy the audited lines out of ``request``: work for those lines only, and as little
+        as will do on the hot path (stripping and naming wait for the writer)."""
+        lines = request.lines
+        queued = []
+        for i in indices:
+            # Protobuf string fields are read out as new str objects: the message is not kept.
+            line, decision = lines[i], decisions[i]
+            queued.append((line.line_id, line.staff_code, decision.verdict, decision.reason, decision.rule))
+        return cls(
+            request.request_id,
+            request.institution_code,
+            request.settlement_id,
+            tuple(queued),
+            data_version,
+            degraded,
+            time.time(),
+        )
+
     def records(self) -> list[dict[str, str]]:
-        req = self.request
         when = format_time(self.at)
-        out = []
-        for i in self.indices:
-            line = req.lines[i]
-            d = self.decisions[i]
-            out.append(
-                AuditRecord(
-                    time=when,
-                    request_id=req.request_id,
-                    institution=req.institution_code.strip(),
-                    settlement_id=req.settlement_id,
-                    line_id=line.line_id,
-                    staff_code=line.staff_code.strip(),
-                    verdict=d.verdict.name,
-                    reason=d.reason.name,
-                    rule=d.rule,
-                    data_version=self.data_version,
-                    degraded=self.degraded,
-                ).to_fields()
-            )
-        return out
+        institution = self.institution_code.strip()
+        return [
+            AuditRecord(
+                time=when,
+                request_id=self.request_id,
+                institution=institution,
+                settlement_id=self.settlement_id,
+                line_id=line_id,
+                staff_code=staff_code.strip(),
+                verdict=verdict.name,
+                reason=reason.name,
+                rule=rule,
+                data_version=self.data_version,
+                degraded=self.degraded,
+            ).to_fields()
+            for line_id, staff_code, verdict, reason, rule in self.lines
+        ]
 
 
 class AuditLog:
@@ -169,7 +209,7 @@ class AuditLog:
         degraded: bool,
     ) -> None:
         """Queue the audited lines of one answer; never blocks, never raises on overflow."""
-        indices = [i for i, d in enumerate(decisions) if d.verdict is not Verdict.ACCEPT or d.rule]
+        indices = [i for i, d in enumerate(decisions) if d.verdict is not _ACCEPT or d.rule]
         if not indices:
             return
         n = len(indices)
@@ -180,7 +220,7 @@ class AuditLog:
             self.metrics.audit_records.labels("dropped").inc(n)
             return
         self.pending_lines += n
-        self._queue.append(_Pending(request, decisions, indices, data_version, degraded, time.time()))
+        self._queue.append(_Pending.of(request, decisions, indices, data_version, degraded))
         self._wakeup.set()
 
     def start(self) -> None:

@@ -1,19 +1,30 @@
 """The audit trail: rejected, exempted and outage-paid lines land in a capped Redis Stream,
-off the hot path, and ``settlement-gateway audit`` finds them by settlement, staff or time."""
+off the hot path, and ``settlement-gateway audit`` finds them by settlement, staff or time.
+
+While Redis is away the queue holds the audited lines, not the requests they came from."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
+import signal
 import subprocess
 import sys
+import types
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
 import redis
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, AuditRecord
+from gateway.embedded import find_redis_server
 from gateway.keys import Keys
 from gateway.metrics import GatewayMetrics
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
@@ -22,7 +33,7 @@ from gateway.policy import Reason, Verdict
 from gateway.redis_client import async_client
 from gateway.rules import ACCEPTED, Decision
 from gateway.server import GatewayApp
-from tests.conftest import Loader, RedisProcess
+from tests.conftest import Loader, RedisProcess, free_port
 from tests.exports import DOCTOR, HOSPITAL, institution_row, line, request, staff_row
 
 BIN = Path(sys.executable).parent
@@ -106,14 +117,18 @@ def rejected(n: int) -> tuple[pb.ValidateRequest, list[Decision]]:
     return req, [reject] * n
 
 
-async def test_while_redis_is_down_records_wait_in_a_bounded_queue(
-    tmp_path: Path, redis_server: RedisProcess
-) -> None:
-    from gateway.embedded import find_redis_server
-    from tests.conftest import free_port
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, to kill, restart or freeze."""
+    server = RedisProcess(find_redis_server(), free_port(), tmp_path)
+    server.start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        os.kill(server.proc.pid, signal.SIGCONT)  # a frozen server cannot act on SIGTERM
+    server.stop()
 
-    store = RedisProcess(find_redis_server(), free_port(), tmp_path)
-    store.start()
+
+async def test_while_redis_is_down_records_wait_in_a_bounded_queue(store: RedisProcess) -> None:
     registry = CollectorRegistry()
     client = async_client(store.url, 0.2)
     log = AuditLog(client, Keys(), GatewayMetrics(registry), max_entries=1000, queue_lines=5)
@@ -135,7 +150,6 @@ async def test_while_redis_is_down_records_wait_in_a_bounded_queue(
     finally:
         await log.stop()
         await client.aclose()
-        store.stop()
 
 
 async def test_the_stream_is_capped(redis_url: str) -> None:
@@ -157,3 +171,71 @@ async def test_the_stream_is_capped(redis_url: str) -> None:
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("SGW_REDIS_URL", "SGW_NAMESPACE"):
         monkeypatch.delenv(var, raising=False)
+
+
+# -- the queue holds what the records need, not the requests --------------------------------
+
+
+def read_stream(url: str) -> list[tuple[str, dict[str, str]]]:
+    """The audit stream as stored: (stream id, fields), oldest first."""
+    sync = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return cast(list[tuple[str, dict[str, str]]], sync.xrange(Keys().audit))
+    finally:
+        sync.close()
+
+
+def reachable_from(root: object) -> list[object]:
+    """Every object reachable from ``root`` through instances and containers (types, modules
+    and functions are not followed: they lead to everything)."""
+    seen: dict[int, object] = {}
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type | types.ModuleType | types.FunctionType):
+            continue
+        seen[id(obj)] = obj
+        stack.extend(gc.get_referents(obj))
+    return list(seen.values())
+
+
+def big_bill_with_two_rejections() -> tuple[pb.ValidateRequest, list[Decision]]:
+    req = request(*[line(str(i), DOCTOR) for i in range(3000)], request_id="rq-big")
+    req.settlement_id = "MDTRT-BIG"
+    req.institution_code = f" {HOSPITAL} "
+    req.lines[17].staff_code = f" {SUSPENDED} "
+    decisions = [ACCEPTED] * len(req.lines)
+    decisions[17] = Decision(Verdict.REJECT, Reason.STAFF_SUSPENDED, "suspended since …", "rule-s")
+    decisions[2999] = Decision(Verdict.ACCEPT_EMERGENCY, Reason.STAFF_SUSPENDED, "exempt", "rule-e")
+    return req, decisions
+
+
+async def test_a_queued_answer_keeps_its_audited_lines_not_the_request(store: RedisProcess) -> None:
+    client = async_client(store.url, 0.2)
+    log = AuditLog(client, Keys(), GatewayMetrics(CollectorRegistry()), max_entries=1000, queue_lines=100)
+    log.start()
+    try:
+        store.kill()
+        req, decisions = big_bill_with_two_rejections()
+        references = sys.getrefcount(req)
+        log.record(req, decisions, "v7", True)
+        assert sys.getrefcount(req) == references  # nothing queued refers to the request
+        queued = reachable_from(log._queue)  # what the queue holds on to
+        assert not [obj for obj in queued if isinstance(obj, Message)]  # nor to any of its lines
+        assert log.pending_lines == 2
+        req.Clear()  # the request is gone once answered; the records must not need it
+        del req
+        await asyncio.sleep(0.3)  # a failed write or two
+        store.start()
+        await until(lambda: log.written == 2, timeout=20)
+        written = [AuditRecord.from_fields(i, f) for i, f in read_stream(store.url)]
+    finally:
+        await log.stop()
+        await client.aclose()
+    assert [replace(r, time="", stream_id="") for r in written] == [
+        AuditRecord("", "rq-big", HOSPITAL, "MDTRT-BIG", "17", SUSPENDED, "REJECT", "STAFF_SUSPENDED",
+                    "rule-s", "v7", True),
+        AuditRecord("", "rq-big", HOSPITAL, "MDTRT-BIG", "2999", DOCTOR, "ACCEPT_EMERGENCY",
+                    "STAFF_SUSPENDED", "rule-e", "v7", True),
+    ]  # fmt: skip
+    assert written[0].time == written[1].time and written[0].time.endswith("Z")
