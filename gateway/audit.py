@@ -14,12 +14,16 @@ longer than the queue can hold, further records are dropped and counted (metric
 ``sgw_audit_records_total{result="dropped"}`` and a log line), never blocking a checkout.
 Buffered records are written once Redis is back. A queued answer keeps only its audited
 lines' fields, never the request, so the queue's memory follows the lines it counts.
+
+Nothing here waits on Redis without a bound: a batch write is bounded as a whole, and
+shutdown gives up on what a frozen Redis will not take, logging how much was not written.
+Delivery is at least once: a batch whose write timed out may still reach Redis when it wakes,
+and its retry then writes those records again (identical, field for field).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -41,6 +45,13 @@ WRITE_BATCH = 1000
 RETRY_MIN_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
 QUERY_BATCH = 5000
+# A batch write is one pipelined round trip, but redis-py bounds each connect and each reply
+# read separately (``SGW_REDIS_TIMEOUT``), with a retry: a half-dead Redis that answers
+# slowly, or not at all, could hold a batch far longer. A whole batch gets this many Redis
+# timeouts (connect, replies, the retry's connect and replies), and never less than the floor.
+WRITE_TIMEOUT_FACTOR = 4
+WRITE_TIMEOUT_MIN_SECONDS = 1.0
+DEFAULT_REDIS_TIMEOUT = 0.5
 # Stream ids are the time Redis wrote the record; a record is written at most this long after
 # its answer (longer only when it waited out an outage in the queue). Time-range queries read
 # this much further and then filter on the record's own time.
@@ -187,7 +198,10 @@ class AuditLog:
         metrics: GatewayMetrics,
         max_entries: int = 5_000_000,
         queue_lines: int = 200_000,
+        redis_timeout: float | None = None,
     ) -> None:
+        """``redis_timeout`` (``SGW_REDIS_TIMEOUT``) scales the bound on a batch write and on
+        the writer's exit; by default it is read off the client's own socket timeout."""
         self.client = client
         self.key = keys.audit
         self.metrics = metrics
@@ -198,6 +212,7 @@ class AuditLog:
         self.pending_lines = 0
         self.written = 0
         self.dropped = 0
+        self.write_timeout = write_timeout(client_timeout(client) if redis_timeout is None else redis_timeout)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -226,20 +241,34 @@ class AuditLog:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
-    async def stop(self, flush_seconds: float = 2.0) -> None:
-        """Write what is queued (for at most ``flush_seconds``), then stop the writer."""
+    async def stop(self, flush_seconds: float = 2.0) -> int:
+        """Write what is queued (for at most ``flush_seconds``), then stop the writer.
+
+        Bounded whatever Redis does, so a frozen Redis cannot keep the process from exiting on
+        SIGTERM: at most ``flush_seconds`` of flushing, then at most ``write_timeout`` for the
+        cancelled writer to end. Returns (and logs) how many audited lines were not written
+        (not confirmed: a batch cut short may still reach a Redis that wakes up).
+        """
         if self._task is None:
-            return
+            return self.pending_lines
         deadline = time.monotonic() + flush_seconds
         while self.pending_lines and time.monotonic() < deadline:
             self._wakeup.set()
             await asyncio.sleep(0.02)
+        task, self._task = self._task, None
+        task.cancel()
+        # ``asyncio.wait``, not ``wait_for``: on timeout ``wait_for`` waits again for the
+        # cancellation to land, which is exactly what may never happen.
+        await asyncio.wait({task}, timeout=self.write_timeout)
+        if not task.done():
+            log.error(
+                "audit writer did not stop in time; abandoning it", extra={"seconds": self.write_timeout}
+            )
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("audit writer failed", extra={"error": str(task.exception())})
         if self.pending_lines:
             log.error("audit records not written at shutdown", extra={"lines": self.pending_lines})
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        return self.pending_lines
 
     def _next_batch(self) -> list[dict[str, str]]:
         batch = self._retry
@@ -256,13 +285,15 @@ class AuditLog:
             while self._retry or self._queue:
                 batch = self._next_batch()
                 try:
-                    await self._write(batch)
+                    async with asyncio.timeout(self.write_timeout):
+                        await self._write(batch)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - any store failure: keep, retry later
+                except Exception as exc:  # noqa: BLE001 - any store failure or timeout: keep, retry later
                     self._retry = batch
                     log.warning(
-                        "audit write failed; will retry", extra={"error": str(exc), "lines": len(batch)}
+                        "audit write failed; will retry",
+                        extra={"error": str(exc) or type(exc).__name__, "lines": len(batch)},
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_SECONDS)
@@ -277,6 +308,19 @@ class AuditLog:
             for fields in batch:
                 pipe.xadd(self.key, fields, maxlen=self.max_entries, approximate=True)  # type: ignore[arg-type]
             await pipe.execute()
+
+
+def client_timeout(client: AsyncRedis) -> float | None:
+    """The socket timeout a client was built with (the gateway builds it from
+    ``SGW_REDIS_TIMEOUT``), so the writer's bounds follow the configured scale."""
+    timeout = client.get_connection_kwargs().get("socket_timeout")
+    return float(timeout) if isinstance(timeout, int | float) else None
+
+
+def write_timeout(redis_timeout: float | None) -> float:
+    """The bound on one batch write: ``WRITE_TIMEOUT_FACTOR`` Redis timeouts, at least the floor."""
+    scale = redis_timeout or DEFAULT_REDIS_TIMEOUT
+    return max(WRITE_TIMEOUT_MIN_SECONDS, WRITE_TIMEOUT_FACTOR * scale)
 
 
 # -- queries (the ``settlement-gateway audit`` command) -----------------------------------

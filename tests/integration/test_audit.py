@@ -1,12 +1,14 @@
 """The audit trail: rejected, exempted and outage-paid lines land in a capped Redis Stream,
 off the hot path, and ``settlement-gateway audit`` finds them by settlement, staff or time.
 
-While Redis is away the queue holds the audited lines, not the requests they came from."""
+While Redis is away the queue holds the audited lines, not the requests they came from; a
+frozen Redis (SIGSTOP) holds up neither a batch write nor the writer's shutdown for long."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -30,7 +32,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.policy import Reason, Verdict
-from gateway.redis_client import async_client
+from gateway.redis_client import AsyncRedis, async_client
 from gateway.rules import ACCEPTED, Decision
 from gateway.server import GatewayApp
 from tests.conftest import Loader, RedisProcess, free_port
@@ -239,3 +241,70 @@ async def test_a_queued_answer_keeps_its_audited_lines_not_the_request(store: Re
                     "STAFF_SUSPENDED", "rule-e", "v7", True),
     ]  # fmt: skip
     assert written[0].time == written[1].time and written[0].time.endswith("Z")
+
+
+# -- a frozen Redis: bounded writes, bounded shutdown ---------------------------------------
+
+
+def freeze(server: RedisProcess) -> None:
+    """SIGSTOP: the port still accepts connections and takes commands, but nothing answers."""
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+
+
+def thaw(server: RedisProcess) -> None:
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "gateway.audit" and r.getMessage() == text]
+
+
+async def frozen_writer(store: RedisProcess, caplog: pytest.LogCaptureFixture) -> tuple[AuditLog, AsyncRedis]:
+    """An audit log on a client whose per-call timeouts alone would hold a write for 30 s,
+    with a pooled connection already open to a Redis that is then frozen."""
+    caplog.set_level(logging.WARNING, logger="gateway.audit")
+    client = async_client(store.url, 30.0)
+    await client.ping()
+    log = AuditLog(client, Keys(), GatewayMetrics(CollectorRegistry()), queue_lines=100, redis_timeout=0.1)
+    log.start()
+    freeze(store)
+    return log, client
+
+
+async def test_a_write_to_a_frozen_redis_gives_up_in_time_and_is_retried(
+    store: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    log, client = await frozen_writer(store, caplog)
+    try:
+        log.record(*rejected(3), "v1", False)
+        await until(lambda: messages(caplog, "audit write failed; will retry"), timeout=20)
+        assert (log.written, log.pending_lines) == (0, 3)
+        thaw(store)
+        await until(lambda: log.written == 3, timeout=20)
+        # Written at least once: the attempt that timed out may have reached Redis as well.
+        stored_lines = {(f["line_id"], f["verdict"], f["reason"]) for _, f in read_stream(store.url)}
+        assert stored_lines == {(str(i), "REJECT", "STAFF_UNREGISTERED") for i in range(3)}
+    finally:
+        thaw(store)
+        await log.stop()
+        await client.aclose()
+
+
+async def test_stop_returns_with_a_frozen_redis_and_counts_what_was_not_written(
+    store: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    log, client = await frozen_writer(store, caplog)
+    try:
+        log.record(*rejected(3), "v1", False)
+        await asyncio.sleep(0.05)  # the writer is now waiting on the frozen Redis
+        log.record(*rejected(2), "v1", False)
+        unwritten = await log.stop(flush_seconds=0.3)
+        assert unwritten == 5 and log.written == 0
+        [report] = messages(caplog, "audit records not written at shutdown")
+        assert report.lines == 5  # type: ignore[attr-defined]
+        assert await log.stop() == 5  # stopping again: nothing left to wait for
+    finally:
+        thaw(store)
+        await client.aclose()
