@@ -7,6 +7,7 @@ frozen Redis (SIGSTOP) holds up neither a batch write nor the writer's shutdown 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import logging
 import os
@@ -14,11 +15,12 @@ import signal
 import subprocess
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
+import grpc
 import orjson
 import pytest
 import redis
@@ -26,15 +28,20 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from gateway.audit import AuditLog, AuditRecord
+from gateway.config import Settings
 from gateway.embedded import find_redis_server
 from gateway.keys import Keys
 from gateway.metrics import GatewayMetrics
+from gateway.outage import OutagePolicy
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.policy import Reason, Verdict
+from gateway.policy import OUTAGE_ARTICLE, Reason, Verdict
 from gateway.redis_client import AsyncRedis, async_client
 from gateway.rules import ACCEPTED, Decision
 from gateway.server import GatewayApp
+from loader.publish import Publisher
+from loader.sync import SyncOptions, sync_file
+from tests import exports
 from tests.conftest import Loader, RedisProcess, free_port
 from tests.exports import DOCTOR, HOSPITAL, institution_row, line, request, staff_row
 
@@ -308,3 +315,123 @@ async def test_stop_returns_with_a_frozen_redis_and_counts_what_was_not_written(
     finally:
         thaw(store)
         await client.aclose()
+
+
+# -- lines paid under the outage policy --------------------------------------------------------
+
+BANNED = "D330902000003"
+UNSEEN = "D330902000009"
+
+
+def load_into(url: str, tmp_path: Path, kind: str, rows: list[list[str]]) -> str:
+    client = redis.Redis.from_url(url)
+    try:
+        path = exports.write_csv(tmp_path / f"{kind}.csv", exports.HEADERS[kind], rows)
+        result = sync_file(path, Publisher(client, Keys()), SyncOptions(kind=kind))  # type: ignore[arg-type]
+        assert result.outcome == 0, result.message
+        return str(result.data_version)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def flagged_gateway(
+    settings: Settings, persistent_redis: RedisProcess, tmp_path: Path
+) -> AsyncIterator[tuple[GatewayApp, str]]:
+    """A gateway under ``accept-flagged`` on a Redis of its own that comes back with its data."""
+    load_into(persistent_redis.url, tmp_path, "institution", [institution_row()])
+    version = load_into(
+        persistent_redis.url,
+        tmp_path,
+        "staff",
+        [staff_row(DOCTOR), staff_row(BANNED), staff_row(BANNED, status="解除", start="2026-01-01"),
+         staff_row(UNSEEN)],
+    )  # fmt: skip
+    url = persistent_redis.url
+    app = GatewayApp(replace(settings, redis_url=url, outage_policy=OutagePolicy.ACCEPT_FLAGGED), url)
+    await app.start()
+    yield app, version
+    await app.stop(0.5)
+
+
+async def test_lines_paid_under_the_outage_policy_are_audited_as_degraded(
+    flagged_gateway: tuple[GatewayApp, str], persistent_redis: RedisProcess
+) -> None:
+    app, version = flagged_gateway
+    assert app.audit is not None and app.store is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SettlementGatewayStub(channel)
+        await stub.Validate(request(line("1", DOCTOR), line("2", BANNED)))  # caches both, live
+        await until(lambda: app.audit.written == 1)  # type: ignore[union-attr]
+        persistent_redis.kill()
+        await until(lambda: not app.store.lease_holds())  # type: ignore[union-attr]
+        bill = request(
+            line("1", UNSEEN), line("2", DOCTOR), line("3", BANNED), line("4", BANNED, emergency=True),
+            request_id="rq-outage",
+        )  # fmt: skip
+        bill.settlement_id = "MDTRT-OUTAGE"
+        reply = await stub.Validate(bill)
+    assert reply.degraded and reply.data_version == version
+    assert (reply.verdicts[0].verdict, reply.verdicts[0].rule) == (pb.ACCEPT, OUTAGE_ARTICLE)
+    assert app.audit.pending_lines == 3  # waiting for Redis
+
+    persistent_redis.start()
+    await until(lambda: app.audit.written == 4, timeout=30)  # type: ignore[union-attr]
+    found = await run_audit(persistent_redis.url, "--settlement", "MDTRT-OUTAGE")
+    assert [(r["line_id"], r["staff_code"], r["verdict"], r["reason"], r["rule"]) for r in found] == [
+        ("1", UNSEEN, "ACCEPT", "OK", OUTAGE_ARTICLE),
+        ("3", BANNED, "REJECT", "STAFF_TERMINATED", reply.verdicts[2].rule),
+        ("4", BANNED, "ACCEPT_EMERGENCY", "STAFF_TERMINATED", reply.verdicts[3].rule),
+    ]  # the plain ACCEPT of line 2, judged on its cached record, is not audited
+    assert all(r["degraded"] is True and r["data_version"] == version for r in found)
+    assert all(r["request_id"] == "rq-outage" and r["institution"] == HOSPITAL for r in found)
+    raw = [fields for _, fields in read_stream(persistent_redis.url)][-3:]
+    assert [fields["degraded"] for fields in raw] == ["1", "1", "1"]  # as stored in the stream
+
+
+# -- time ranges -----------------------------------------------------------------------------
+
+
+def at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def stored(answered: str, written: str, line_id: str) -> tuple[str, dict[str, str]]:
+    """A record as the writer stores it: answered at one time, written (stream id) at another."""
+    record = AuditRecord(
+        time=answered, request_id="rq", institution=HOSPITAL, settlement_id="MDTRT-T", line_id=line_id,
+        staff_code=SUSPENDED, verdict="REJECT", reason="STAFF_SUSPENDED", rule="r", data_version="v",
+        degraded=False,
+    )  # fmt: skip
+    return f"{int(at(written).timestamp() * 1000)}-0", record.to_fields()
+
+
+async def test_a_time_range_excludes_records_outside_it(redis_url: str) -> None:
+    records = [
+        stored("2026-10-01T02:00:00.000Z", "2026-10-01T02:00:00.100Z", "october"),
+        # 23:00 CST on the 23rd, written after an outage 90 minutes later (the 24th in CST):
+        # read because of its stream id, left out because of its own time.
+        stored("2026-11-23T15:00:00.000Z", "2026-11-23T16:30:00.000Z", "late-from-23rd"),
+        stored("2026-11-23T15:59:59.999Z", "2026-11-23T16:45:00.000Z", "last-ms-of-23rd"),
+        stored("2026-11-23T16:00:00.000Z", "2026-11-23T16:50:00.000Z", "first-ms-of-24th"),
+        stored("2026-11-24T03:00:00.000Z", "2026-11-24T03:00:00.050Z", "11h-24th"),
+        stored("2026-11-24T15:30:00.000Z", "2026-11-24T16:20:00.000Z", "late-from-24th"),
+        stored("2026-11-24T15:59:59.999Z", "2026-11-24T16:25:00.000Z", "last-ms-of-24th"),
+        stored("2026-11-24T16:00:00.000Z", "2026-11-24T16:30:00.000Z", "first-ms-of-25th"),
+        stored("2026-12-01T02:00:00.000Z", "2026-12-01T02:00:00.100Z", "december"),
+    ]
+    sync = redis.Redis.from_url(redis_url)
+    for stream_id, fields in sorted(records, key=lambda r: int(r[0].split("-")[0])):
+        sync.xadd(Keys().audit, fields, id=stream_id)  # type: ignore[arg-type]
+    sync.close()
+
+    def line_ids(found: list[dict[str, object]]) -> list[object]:
+        return [r["line_id"] for r in found]
+
+    day = await run_audit(redis_url, "--since", "2026-11-24", "--until", "2026-11-24")  # CST day
+    assert line_ids(day) == ["first-ms-of-24th", "11h-24th", "late-from-24th", "last-ms-of-24th"]
+    hours = await run_audit(redis_url, "--since", "2026-11-24T11:00", "--until", "2026-11-24T23:30+08:00")
+    assert line_ids(hours) == ["11h-24th", "late-from-24th"]
+    utc = await run_audit(redis_url, "--since", "2026-11-24T15:59:59.999Z", "--staff", SUSPENDED)
+    assert line_ids(utc) == ["last-ms-of-24th", "first-ms-of-25th", "december"]
+    assert await run_audit(redis_url, "--since", "2026-11-02", "--until", "2026-11-22") == []

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
 import grpc
 import pytest
 
+from gateway.config import Settings
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.server import GatewayApp
 from tests.conftest import Loader
 from tests.exports import institution_row, line, request, staff_row
 
@@ -78,3 +83,48 @@ async def test_bad_request_in_a_stream_names_it(loaded: None, stub: pb_grpc.Sett
         await call.read()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "request #1 (request_id='empty')" in (err.value.details() or "")
+
+
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+@pytest.fixture
+async def small_limit(settings: Settings) -> AsyncIterator[pb_grpc.SettlementGatewayStub]:
+    """A gateway whose ``SGW_MAX_MESSAGE_BYTES`` a modest bill can exceed."""
+    app = GatewayApp(replace(settings, max_message_bytes=MAX_MESSAGE_BYTES), settings.redis_url or "")
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield pb_grpc.SettlementGatewayStub(channel)
+    finally:
+        await app.stop(0.5)
+
+
+def oversized() -> pb.ValidateRequest:
+    req = request(*[line(str(i)) for i in range(2000)], request_id="too-big")  # within max_lines
+    assert req.ByteSize() > MAX_MESSAGE_BYTES
+    return req
+
+
+async def test_a_message_over_the_size_limit_is_resource_exhausted(
+    loaded: None, small_limit: pb_grpc.SettlementGatewayStub
+) -> None:
+    big = oversized()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await small_limit.Validate(big)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"larger than max ({big.ByteSize()} vs. {MAX_MESSAGE_BYTES})" in (err.value.details() or "")
+    ok = await small_limit.Validate(request(line("1"), line("2")))  # same channel, same server
+    assert [v.reason for v in ok.verdicts] == [pb.OK, pb.OK]
+
+
+async def test_a_message_over_the_size_limit_ends_its_stream_only(
+    loaded: None, small_limit: pb_grpc.SettlementGatewayStub
+) -> None:
+    call = small_limit.ValidateStream(iter([request(line(), request_id="good"), oversized()]))
+    assert (await call.read()).request_id == "good"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call.read()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    again = small_limit.ValidateStream(iter([request(line(), request_id="after")]))
+    assert (await again.read()).request_id == "after"
