@@ -18,6 +18,9 @@ Layout (``{ns}`` below is the hash-tagged namespace, e.g. ``{sgw}``):
                              (a killed loader's leftovers, removed by the next run).
 - ``{ns}:history``           list: version ids, newest first (provenance for disputes).
 - ``{ns}:lock``              string: the loader's publish lock (one writer at a time).
+- ``{ns}:switching``         string: set by the loader from ``SWITCH_WAIT_SECONDS`` before it
+                             moves ``live`` until it has; while it exists gateways take no
+                             version lease (see below).
 - ``{ns}:published``         pub/sub channel: a new version id, for prompt pickup.
 - ``{ns}:audit``             stream: audited lines (rejections, exemptions, outage payments),
                              capped; written by the gateway, the only key it writes.
@@ -25,6 +28,15 @@ Layout (``{ns}`` below is the hash-tagged namespace, e.g. ``{sgw}``):
 A version never changes once readers can see it, except by one MULTI/EXEC that also moves
 ``live``: readers pass the version they expect and the read script refuses a mismatch, so a
 reply is always computed from exactly one version.
+
+Version leases let a gateway answer from its record cache without a round trip. A gateway
+that reads ``live`` = V with no ``switching`` mark, in a call it sent at time t, may treat V
+as live until t + ``VERSION_LEASE_SECONDS`` (its own monotonic clock). The loader sets the
+mark, waits ``SWITCH_WAIT_SECONDS`` (longer than any lease), and only then moves ``live``, in
+a script that refuses to unless its mark is still there. So every lease granted before the
+mark has run out before ``live`` moves, and none is granted while the mark stands: an answer
+from the cache under a lease comes from the version live at that moment, never a superseded
+one. Only durations are compared, never two hosts' clocks.
 """
 
 from __future__ import annotations
@@ -39,6 +51,15 @@ VERSION_META_TTL_SECONDS = 400 * 86400
 HISTORY_LENGTH = 1000
 # Retired tables are unlinked after this grace period.
 RETIRE_GRACE_SECONDS = 60
+
+# A gateway's version lease, and how often it renews one (a few times per lease).
+VERSION_LEASE_SECONDS = 0.25
+VERSION_LEASE_RENEW_SECONDS = 0.08
+# The loader's wait between setting the switching mark and moving ``live``: a whole lease,
+# plus a margin for two hosts' clocks ticking at slightly different rates.
+SWITCH_WAIT_SECONDS = VERSION_LEASE_SECONDS + 0.05
+# The mark expires by itself if its loader dies (gateways meanwhile read through Redis).
+SWITCH_MARK_TTL_SECONDS = 30
 
 TABLE_KINDS = ("staff", "institution", "department")
 
@@ -73,6 +94,10 @@ class Keys:
     @property
     def lock(self) -> str:
         return f"{self.prefix}:lock"
+
+    @property
+    def switching(self) -> str:
+        return f"{self.prefix}:switching"
 
     @property
     def audit(self) -> str:

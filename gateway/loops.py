@@ -9,6 +9,7 @@ benchmarks' no-op server calls the same function, so a comparison runs both on o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 EVENT_LOOPS = ("asyncio", "uvloop")
 DEFAULT_EVENT_LOOP = "uvloop"
@@ -34,3 +35,24 @@ def install_event_loop(name: str | None = None) -> str:
     else:
         asyncio.set_event_loop_policy(None)
     return name
+
+
+async def every(
+    interval: float, step: Callable[[], Awaitable[object]], failed: Callable[[Exception], None]
+) -> None:
+    """Await ``step()`` now and then every ``interval`` seconds, until cancelled. A failed step
+    is handed to ``failed`` and the loop goes on: a background duty (health, the version
+    lease) that died on one Redis error would silently never run again."""
+    task = asyncio.current_task()
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to ``failed``, which reports it
+            failed(exc)
+        # The Redis client can turn a cancellation that lands mid-call into a store error,
+        # which ``failed`` tolerates; cancelling must still end the loop.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        await asyncio.sleep(interval)

@@ -58,7 +58,7 @@ DECISION_SIZE_CLASSES = ((10, "1-10"), (100, "11-100"), (1000, "101-1000"))
 DECISION_SIZE_LARGEST = "1001+"
 
 # Store calls, by what they fetch: the per-request script, the live pointer, a version's meta.
-REDIS_CALLS = ("read", "live", "meta")
+REDIS_CALLS = ("read", "live", "meta", "lease")
 # ``breaker_open``: the circuit breaker refused the call, so it never reached Redis.
 BREAKER_OPEN = "breaker_open"
 REDIS_ERROR_KINDS = ("timeout", "connection", "response", "other", BREAKER_OPEN)

@@ -32,7 +32,8 @@ from gateway.breaker import CircuitBreaker
 from gateway.cache import RecordCache
 from gateway.config import Settings
 from gateway.grpc_metrics import MetricsInterceptor
-from gateway.keys import Keys
+from gateway.keys import VERSION_LEASE_RENEW_SECONDS, Keys
+from gateway.loops import every
 from gateway.metrics import GatewayMetrics
 from gateway.metrics_exposition import serve_metrics
 from gateway.metrics_state import ProcessState, StateCollector, state_file, write_state_file
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SettlementGateway"].full_name
 HEALTH_SERVICES = ("", SERVICE_NAME)
 REFRESH_INTERVAL_SECONDS = 0.5
+# How long stop() waits for the Redis client to close its connections.
+CLOSE_TIMEOUT_SECONDS = 2.0
 CONNECT_ATTEMPTS = 5
 # After SIGTERM: health turns NOT_SERVING and calls are still served this long (calls sent
 # just before the signal arrive and complete), then new calls are refused with UNAVAILABLE.
@@ -131,7 +134,7 @@ class GatewayApp:
         self._server: grpc.aio.Server | None = None
         self._metrics_http: WSGIServer | None = None
         self._metrics_thread: threading.Thread | None = None
-        self._refresher: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     def grpc_options(self) -> list[tuple[str, int]]:
         return server_options(self.settings, self.reuseport)
@@ -180,14 +183,13 @@ class GatewayApp:
             )
             self.audit.start()
 
-        interceptor = MetricsInterceptor(self.metrics)
+        interceptor = MetricsInterceptor(self.metrics, max_concurrent_rpcs=s.max_concurrent_rpcs)
         interceptor.initialize(pb.DESCRIPTOR.services_by_name["SettlementGateway"])
-        # maximum_concurrent_rpcs: calls beyond it are refused (RESOURCE_EXHAUSTED) at once
-        # rather than queued behind a flood.
+        # The interceptor refuses calls beyond max_concurrent_rpcs (RESOURCE_EXHAUSTED at once
+        # rather than queued behind a flood) and counts them; gRPC's own limit would not.
         server = grpc.aio.server(
             interceptors=[interceptor],
             options=self.grpc_options(),
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         self.servicer = SettlementGateway(self.store, s, self.metrics, authorizer, self.audit)
         add_to_server(self.servicer, server)
@@ -208,7 +210,7 @@ class GatewayApp:
         await server.start()
         self._server = server
         await self._update_health()
-        self._refresher = asyncio.create_task(self._refresh_loop())
+        self._start_background()
 
     def _start_metrics_http(self) -> None:
         host, port = split_host_port(self.settings.metrics_listen)
@@ -240,30 +242,34 @@ class GatewayApp:
         if self.metrics_dir is not None:
             write_state_file(self.metrics_dir, os.getpid(), self.state)
 
-    async def _refresh_loop(self) -> None:
-        task = asyncio.current_task()
-        while True:
-            await asyncio.sleep(REFRESH_INTERVAL_SECONDS)
-            try:
-                await self._update_health()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("status refresh failed")
-            # The Redis client can turn a cancellation that lands mid-call into a store
-            # error, which the refresh tolerates; stop() must still end this loop.
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
+    def _start_background(self) -> None:
+        """Health and state every ``REFRESH_INTERVAL_SECONDS``; the version lease, which lets
+        cached records answer without a round trip, every ``VERSION_LEASE_RENEW_SECONDS``."""
+        assert self.store is not None
+
+        def refresh_failed(exc: Exception) -> None:
+            log.error("status refresh failed", exc_info=exc)
+
+        def lease_failed(exc: Exception) -> None:
+            # A store that cannot be reached only means reads take the round trip (or the
+            # outage path) meanwhile; the health refresh reports the outage.
+            if not isinstance(exc, (NoDataError, *STORE_ERRORS)):
+                log.error("version lease renewal failed", exc_info=exc)
+
+        self._background = [
+            asyncio.create_task(every(REFRESH_INTERVAL_SECONDS, self._update_health, refresh_failed)),
+            asyncio.create_task(every(VERSION_LEASE_RENEW_SECONDS, self.store.renew_lease, lease_failed)),
+        ]
 
     async def stop(self, grace: float | None = None, lame_duck: float = 0.0) -> None:
         """Stop taking calls, let in-flight ones finish within ``grace``, release everything.
 
         ``lame_duck``: seconds to keep serving while health already says NOT_SERVING, so
         calls sent just before the signal (still on the wire) are served, not refused."""
-        if self._refresher is not None:
-            self._refresher.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+                await task
         await self.health.enter_graceful_shutdown()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
@@ -287,8 +293,10 @@ class GatewayApp:
         if self.audit is not None:
             await self.audit.stop()
         if self.store is not None:
-            with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                await self.store.client.aclose()
+            # Bounded like every Redis call: a client stuck on a half-dead socket must not keep
+            # the process from exiting.
+            with contextlib.suppress(redis.exceptions.RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(self.store.client.aclose(), CLOSE_TIMEOUT_SECONDS)
 
 
 def freeze_startup_heap() -> None:

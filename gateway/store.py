@@ -12,6 +12,13 @@ the record cache (``gateway.cache``). When Redis cannot be reached (or has lost 
 ``read`` answers from the cache's newest version, flagged degraded, or lets the outage policy
 decide (``gateway.outage``). Nothing to reconnect by hand: redis-py opens a new connection on
 the next call, and the breaker's probe notices when the store is back.
+
+Most checkouts need no round trip at all: while the store holds a version lease (see
+``gateway.keys``: the live version, confirmed within the last ``VERSION_LEASE_SECONDS`` with
+no publish under way), a request whose records the cache holds for that very version is
+answered from the cache. The lease is what makes that safe: the loader cannot move ``live``
+before every lease on the old version has run out, so such an answer is from the version
+live at that moment, exactly what the read script would have returned.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -28,7 +36,7 @@ import redis.exceptions
 
 from gateway.breaker import BreakerOpen, CircuitBreaker
 from gateway.cache import RecordCache
-from gateway.keys import Keys
+from gateway.keys import VERSION_LEASE_SECONDS, Keys
 from gateway.outage import OutagePolicy, usable_lookup
 from gateway.records import DepartmentActions, InstitutionRecord, StaffRecord
 from gateway.redis_client import AsyncRedis, ReadOnlyScript
@@ -97,6 +105,15 @@ class Snapshot:
         return not self.institution_known or bool(self.missing_staff)
 
 
+@dataclass(frozen=True, slots=True)
+class VersionLease:
+    """``meta`` is live until ``expires`` (``time.monotonic()``): no publish can move
+    ``live`` before then."""
+
+    meta: VersionMeta
+    expires: float
+
+
 class Store:
     """Reads records for requests and tracks the live version."""
 
@@ -120,6 +137,8 @@ class Store:
         self._script = ReadOnlyScript(client, READ_SCRIPT)
         self._meta: VersionMeta | None = None
         self._meta_lock = asyncio.Lock()
+        self._lease: VersionLease | None = None
+        self.lease_seconds = VERSION_LEASE_SECONDS
 
     async def _call(self, operation: Awaitable[T]) -> T:
         """One store call through the breaker."""
@@ -178,6 +197,44 @@ class Store:
             log.info("data version adopted", extra={"data_version": version})
             return meta
 
+    async def renew_lease(self) -> VersionLease | None:
+        """Read ``live`` and the loader's switching mark in one call; with no mark, hold a
+        lease on the live version for ``lease_seconds`` from the moment the call was sent."""
+        # A lease held meanwhile stays good until it expires, whatever this call finds: the
+        # loader cannot move ``live`` before then, even if this gateway cannot reach Redis.
+        sent = time.monotonic()
+        with self._timed("lease"):
+            live, switching = await self._call(self.client.mget(self.keys.live, self.keys.switching))
+        if live is None or switching is not None:
+            self._lease = None
+            return None
+        meta = await self._adopt(cast(bytes, live).decode())
+        # A renewal answered before a publish but processed after the read path adopted the
+        # new version is too old to confirm anything.
+        self._lease = VersionLease(meta, sent + self.lease_seconds) if self.cache.confirm(meta) else None
+        return self._lease
+
+    def lease_holds(self) -> bool:
+        """Whether a version lease vouches for the cached version right now."""
+        lease = self._lease
+        return lease is not None and time.monotonic() < lease.expires
+
+    def read_leased(self, institution: str, codes: Sequence[str]) -> Snapshot | None:
+        """The request's records from the cache, when a lease vouches that their version is
+        live now and the cache holds every one of them; else None (ask Redis)."""
+        lease = self._lease
+        if lease is None or not self.lease_holds():
+            return None
+        cached = self.cache.lookup(institution, codes, version=lease.meta.version)
+        if cached is None or not cached.complete:
+            return None
+        return Snapshot(
+            meta=lease.meta,
+            institution=cached.institution,
+            departments=cached.departments,
+            staff=cached.staff,
+        )
+
     def _table_key(self, meta: VersionMeta, kind: str) -> str:
         table = meta.tables.get(kind)
         # A kind never loaded reads from a key that does not exist: every lookup is nil.
@@ -199,6 +256,9 @@ class Store:
     async def read(self, institution: str, codes: Sequence[str]) -> Snapshot:
         """The records for one request: live, or degraded from the cache, or
         ``StoreUnavailable`` / ``NoDataError``."""
+        leased = self.read_leased(institution, codes)
+        if leased is not None:
+            return leased
         try:
             snapshot = await self.read_live(institution, codes)
         except NoDataError as exc:
@@ -267,4 +327,6 @@ class Store:
                 institution_record = InstitutionRecord.decode(inst_raw) if inst_raw else None
                 departments = DepartmentActions.decode(dept_raw) if dept_raw else None
             return Snapshot(meta=meta, institution=institution_record, departments=departments, staff=staff)
-        raise RuntimeError("the data version changed on every attempt; try again")
+        # Publishes faster than reads: as good as no data for this request (fallback or
+        # UNAVAILABLE), never an unexplained error.
+        raise NoDataError(f"the data version changed {MAX_VERSION_CHASES} times during one read")

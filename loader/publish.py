@@ -36,6 +36,8 @@ from gateway.keys import (
     HISTORY_LENGTH,
     RETIRE_GRACE_SECONDS,
     STAGING_TTL_SECONDS,
+    SWITCH_MARK_TTL_SECONDS,
+    SWITCH_WAIT_SECONDS,
     VERSION_META_TTL_SECONDS,
     Keys,
 )
@@ -56,7 +58,7 @@ READ_BATCH = 5000
 VERIFY_SAMPLE = 200
 MAX_SOURCES_PER_KIND = 200
 
-# KEYS: live, new meta, history, retired, new table, old table, previous meta, staging
+# KEYS: live, new meta, history, retired, new table, old table, previous meta, staging, switching
 # ARGV: expected live ('' none), new version, now, meta ttl, history length,
 #       retire old table (0/1), meta field/value pairs...
 # The new version's metadata never expires while live; the one it replaces is kept
@@ -64,7 +66,9 @@ MAX_SOURCES_PER_KIND = 200
 COMMIT_FULL = """
 local live = redis.call('GET', KEYS[1]) or ''
 if live ~= ARGV[1] then return redis.error_reply('CONFLICT live version is now ' .. live) end
+if redis.call('GET', KEYS[9]) ~= ARGV[2] then return redis.error_reply('SWITCH mark gone') end
 if redis.call('EXISTS', KEYS[5]) == 0 then return redis.error_reply('STAGING table vanished') end
+redis.call('DEL', KEYS[9])
 redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 if live ~= '' then redis.call('EXPIRE', KEYS[7], ARGV[4]) end
 redis.call('PERSIST', KEYS[5])
@@ -76,12 +80,14 @@ redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
 return 'OK'
 """
 
-# KEYS: live, new meta, history, table, previous meta
+# KEYS: live, new meta, history, table, previous meta, switching
 # ARGV: expected live, new version, meta ttl, history length, #meta args, #upsert args,
 #       meta pairs..., upsert field/value pairs..., fields to delete...
 COMMIT_DELTA = """
 local live = redis.call('GET', KEYS[1]) or ''
 if live ~= ARGV[1] then return redis.error_reply('CONFLICT live version is now ' .. live) end
+if redis.call('GET', KEYS[6]) ~= ARGV[2] then return redis.error_reply('SWITCH mark gone') end
+redis.call('DEL', KEYS[6])
 local nmeta = tonumber(ARGV[5])
 local nup = tonumber(ARGV[6])
 local first = 7
@@ -139,6 +145,11 @@ def _with_source(meta_sources: tuple[Source, ...], source: Source) -> tuple[Sour
 def _conflict_or_raise(exc: redis.exceptions.ResponseError) -> None:
     if "CONFLICT" in str(exc):
         raise PublishConflict(str(exc)) from exc
+    if "SWITCH" in str(exc):
+        raise PublishConflict(
+            f"{exc}: this loader stalled past the switching mark's {SWITCH_MARK_TTL_SECONDS} s twice; "
+            "nothing was published, run it again"
+        ) from exc
     if "STAGING" in str(exc):
         raise StagingError(f"{exc}: did it expire? (staging TTL {STAGING_TTL_SECONDS}s)") from exc
     raise exc
@@ -196,10 +207,17 @@ class _Writer:
 class Publisher:
     """The only writer of data versions."""
 
-    def __init__(self, client: SyncRedis, keys: Keys, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: SyncRedis,
+        keys: Keys,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.clock = clock
+        self.sleep = sleep
         self._commit_full = client.register_script(COMMIT_FULL)
         self._commit_delta = client.register_script(COMMIT_DELTA)
         self._lock = PublishLock(client, keys.lock)
@@ -235,6 +253,8 @@ class Publisher:
         """One publisher at a time; also clears what a killed publisher left behind."""
         with self._lock.held(wait_seconds):
             self.remove_abandoned_staging()
+            # A killed publisher's switching mark only keeps gateways off their leases.
+            self.client.delete(self.keys.switching)
             yield
 
     def remove_abandoned_staging(self) -> int:
@@ -330,32 +350,58 @@ class Publisher:
         old_table = base.tables.get(kind) if base else None
         old_key = self.keys.table(kind, old_table) if old_table else table_key
         try:
-            self._commit_full(
-                keys=[
-                    self.keys.live,
-                    self.keys.version_meta(meta.version),
-                    self.keys.history,
-                    self.keys.retired,
-                    table_key,
-                    old_key,
-                    self._previous_meta_key(base, meta),
-                    self.keys.staging,
-                ],
-                args=[
-                    base.version if base else "",
-                    meta.version,
-                    meta.as_of,
-                    VERSION_META_TTL_SECONDS,
-                    HISTORY_LENGTH,
-                    "1" if old_table else "0",
-                    *_flatten(meta.to_hash()),
-                ],
+            self._switch(
+                meta.version,
+                lambda: self._commit_full(
+                    keys=[
+                        self.keys.live,
+                        self.keys.version_meta(meta.version),
+                        self.keys.history,
+                        self.keys.retired,
+                        table_key,
+                        old_key,
+                        self._previous_meta_key(base, meta),
+                        self.keys.staging,
+                        self.keys.switching,
+                    ],
+                    args=[
+                        base.version if base else "",
+                        meta.version,
+                        meta.as_of,
+                        VERSION_META_TTL_SECONDS,
+                        HISTORY_LENGTH,
+                        "1" if old_table else "0",
+                        *_flatten(meta.to_hash()),
+                    ],
+                ),
             )
         except redis.exceptions.ResponseError as exc:
             self._discard(table_key)
             _conflict_or_raise(exc)
         self._announce(meta)
         return meta
+
+    def _switch(self, version: str, commit: Callable[[], object]) -> None:
+        """Run ``commit`` (a script that moves ``live`` to ``version``) only once every
+        gateway's lease on the current version has run out: put up the switching mark, wait
+        ``SWITCH_WAIT_SECONDS``, commit. The script refuses if the mark is gone (it expired
+        while this process stalled, so a gateway may hold a fresh lease): then once more."""
+        try:
+            for attempt in (1, 2):
+                self.client.set(self.keys.switching, version, ex=SWITCH_MARK_TTL_SECONDS)
+                self.sleep(SWITCH_WAIT_SECONDS)
+                try:
+                    commit()
+                    return
+                except redis.exceptions.ResponseError as exc:
+                    if not str(exc).startswith("SWITCH") or attempt == 2:
+                        raise
+                    log.warning("the switching mark expired before the commit; waiting again")
+        except BaseException:
+            with contextlib.suppress(redis.exceptions.RedisError):
+                if self.client.get(self.keys.switching) == version.encode():
+                    self.client.delete(self.keys.switching)
+            raise
 
     def _discard(self, table_key: str) -> None:
         with contextlib.suppress(redis.exceptions.RedisError):
@@ -413,25 +459,29 @@ class Publisher:
         meta_args = _flatten(meta.to_hash())
         upsert_args = _flatten(upserts)
         try:
-            self._commit_delta(
-                keys=[
-                    self.keys.live,
-                    self.keys.version_meta(meta.version),
-                    self.keys.history,
-                    self.keys.table(kind, table_id),
-                    self._previous_meta_key(base, meta),
-                ],
-                args=[
-                    base.version if base else "",
-                    meta.version,
-                    VERSION_META_TTL_SECONDS,
-                    HISTORY_LENGTH,
-                    len(meta_args),
-                    len(upsert_args),
-                    *meta_args,
-                    *upsert_args,
-                    *deletes,
-                ],
+            self._switch(
+                meta.version,
+                lambda: self._commit_delta(
+                    keys=[
+                        self.keys.live,
+                        self.keys.version_meta(meta.version),
+                        self.keys.history,
+                        self.keys.table(kind, table_id),
+                        self._previous_meta_key(base, meta),
+                        self.keys.switching,
+                    ],
+                    args=[
+                        base.version if base else "",
+                        meta.version,
+                        VERSION_META_TTL_SECONDS,
+                        HISTORY_LENGTH,
+                        len(meta_args),
+                        len(upsert_args),
+                        *meta_args,
+                        *upsert_args,
+                        *deletes,
+                    ],
+                ),
             )
         except redis.exceptions.ResponseError as exc:
             _conflict_or_raise(exc)

@@ -29,6 +29,7 @@ from loader.sync import SyncOptions, sync_file
 from tests import exports
 from tests.conftest import RedisProcess
 from tests.exports import DOCTOR, OTHER_HOSPITAL, institution_row, line, request, staff_row
+from tests.polling import until
 
 BANNED = "D330902000003"
 UNSEEN = "D330902000009"
@@ -81,20 +82,6 @@ async def start_app(
         await app.stop(0.5)
 
 
-async def until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
-    """Poll an async or plain predicate until it is true (bounded)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 def verdicts(reply: pb.ValidateResponse) -> list[tuple[str, str, str]]:
     return [(pb.Verdict.Name(v.verdict), pb.Reason.Name(v.reason), v.rule) for v in reply.verdicts]
 
@@ -121,6 +108,9 @@ async def test_cached_records_answer_degraded_and_the_rest_is_refused(
         assert [r for _, r, _ in verdicts(live)] == ["OK", "STAFF_TERMINATED", "STAFF_UNREGISTERED"]
 
         persistent_redis.kill()
+        # Until the version lease runs out, answers are still live ones: no publish can move
+        # ``live`` meanwhile (the loader waits out every lease). Then the cache answers degraded.
+        await until(lambda: app.store is not None and not app.store.lease_holds())
         degraded = await stub.Validate(bill)
         assert degraded.degraded
         assert verdicts(degraded) == verdicts(live)  # "unregistered" was cached as an answer too
@@ -159,6 +149,7 @@ async def test_accept_flagged_pays_what_it_cannot_judge_but_never_a_known_ban(
         stub = pb_grpc.SettlementGatewayStub(channel)
         await stub.Validate(request(line("1", DOCTOR), line("2", BANNED)))
         persistent_redis.kill()
+        await until(lambda: app.store is not None and not app.store.lease_holds())
         await asyncio.sleep(0.4)  # beyond the staleness limit: only the policy answers now
         reply = await stub.Validate(
             request(
@@ -201,6 +192,7 @@ async def test_stale_cache_is_refused_and_recovery_needs_no_restart(
         bill = request(line("1", DOCTOR))
         await stub.Validate(bill)
         persistent_redis.kill()
+        await until(lambda: app.store is not None and not app.store.lease_holds())
         await asyncio.sleep(0.4)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Validate(bill)

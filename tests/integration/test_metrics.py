@@ -8,6 +8,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from gateway.server import GatewayApp
 from tests.conftest import Loader, RedisProcess, free_port
 from tests.exports import DOCTOR, HOSPITAL, OTHER_HOSPITAL, institution_row, line, request, staff_row
 from tests.integration.test_faults_cache import load_into
+from tests.polling import until
 from tests.scrape import Scrape, scrape
 
 SERVICE = "settlement.v1.SettlementGateway"
@@ -103,6 +105,75 @@ async def test_every_call_is_counted_with_its_real_status_code(gateway: GatewayA
     assert 0 < (s.value("grpc_server_handling_seconds_sum", **validate) or 0) < 5
 
 
+@pytest.fixture
+async def one_call_gateway(settings: Settings) -> AsyncIterator[GatewayApp]:
+    """A gateway that runs at most one call at once (SGW_MAX_CONCURRENT_RPCS=1)."""
+    app = GatewayApp(dataclasses.replace(settings, max_concurrent_rpcs=1), settings.redis_url or "")
+    await app.start()
+    yield app
+    await app.stop(0.5)
+
+
+async def held_stream(stub: pb_grpc.SettlementGatewayStub) -> Any:
+    """A ValidateStream call that has answered one request and stays open: in flight."""
+    call = stub.ValidateStream()
+    await call.write(request(line()))
+    assert (await call.read()).data_version
+    return call
+
+
+async def refused_code(call: Any) -> grpc.StatusCode:
+    """The status a call that must fail ends with; its details must name the limit."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert "SGW_MAX_CONCURRENT_RPCS" in (err.value.details() or "")
+    return err.value.code()
+
+
+async def test_calls_beyond_the_concurrency_limit_are_refused_and_counted(
+    loaded: None, one_call_gateway: GatewayApp
+) -> None:
+    app = one_call_gateway
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = pb_grpc.SettlementGatewayStub(channel)
+        held = await held_stream(stub)
+        # Two more calls while one is in flight: a unary call and a stream, both refused.
+        stream = stub.ValidateStream(iter([request(line())]))
+        codes = await asyncio.gather(
+            refused_code(stub.Validate(request(line()))), refused_code(stream.read())
+        )
+        assert codes == [exhausted, exhausted]
+        await held.done_writing()
+        assert await held.code() == grpc.StatusCode.OK
+        await stub.Validate(request(line()))  # the finished stream gave its place back
+
+        cancelled = await held_stream(stub)
+        cancelled.cancel()
+        await scrape_when(app, lambda s: stream_calls_handled(s) == 3)
+        await stub.Validate(request(line()))  # so did the cancelled one
+
+        # Each call gave its place back exactly once: the limit still holds.
+        held = await held_stream(stub)
+        assert await refused_code(stub.Validate(request(line()))) == exhausted
+        await held.done_writing()
+        assert await held.code() == grpc.StatusCode.OK
+
+    s = await scrape_when(app, lambda s: handled(s, "Validate", "ResourceExhausted") == 2)
+    validate = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "Validate"}
+    assert s.value("grpc_server_started_total", **validate) == 4
+    assert handled(s, "Validate", "OK") == 2
+    assert s.value("grpc_server_handling_seconds_count", **validate) == 4
+    stream_labels = {"grpc_type": "bidi_stream", "grpc_service": SERVICE, "grpc_method": "ValidateStream"}
+    assert s.value("grpc_server_started_total", **stream_labels) == 4
+    assert handled(s, "ValidateStream", "ResourceExhausted", "bidi_stream") == 1
+    assert stream_calls_handled(s) == 4  # whatever code gRPC reports the cancelled one with
+
+
+def stream_calls_handled(s: Scrape) -> float:
+    return s.total("grpc_server_handled_total", grpc_service=SERVICE, grpc_method="ValidateStream")
+
+
 async def test_lines_amounts_and_per_institution_counts(
     loaded: None, gateway: GatewayApp, stub: pb_grpc.SettlementGatewayStub
 ) -> None:
@@ -160,11 +231,13 @@ async def test_redis_calls_are_timed(
     loaded: None, gateway: GatewayApp, stub: pb_grpc.SettlementGatewayStub
 ) -> None:
     before = scrape(gateway.metrics_port).value("sgw_redis_call_seconds_count", call="read") or 0
-    for _ in range(4):
-        await stub.Validate(request(line()))
+    # Codes the record cache has not seen: each request goes to Redis (a cached one need not).
+    for n in range(4):
+        await stub.Validate(request(line("1", f"D33090200{n:04d}")))
     s = scrape(gateway.metrics_port)
     assert s.value("sgw_redis_call_seconds_count", call="read") == before + 4
     assert (s.value("sgw_redis_call_seconds_count", call="live") or 0) >= 1
+    assert (s.value("sgw_redis_call_seconds_count", call="lease") or 0) >= 1
     assert s.value("sgw_redis_call_seconds_count", call="meta") == 1
     assert s.total("sgw_redis_errors_total") == 0
     assert {labels["error"] for labels in s.series("sgw_redis_errors_total")} == {
@@ -191,8 +264,12 @@ async def test_redis_errors_are_counted_by_kind(
             app, lambda s: s.total("grpc_server_handled_total", grpc_code="Unavailable") > 0
         )
         assert s.total("grpc_server_handled_total", grpc_method="Validate", grpc_code="Unavailable") == 1
-        # No data was ever loaded: the request path asks for the live pointer, which fails.
-        assert s.value("sgw_redis_errors_total", call="live", error="connection") == 1
+        # No data was ever loaded: the request path asks for the live pointer, and the lease
+        # renewal for it and the switching mark; both fail (the breaker soon refuses the rest).
+        assert s.total("sgw_redis_errors_total", call="live") >= 1
+        s = await scrape_when(
+            app, lambda s: s.value("sgw_redis_errors_total", call="lease", error="connection") > 0
+        )
     finally:
         await app.stop(0.5)
         own.stop()
@@ -213,8 +290,11 @@ async def test_calls_the_breaker_refused_are_not_counted_as_redis_calls(
     app = GatewayApp(dataclasses.replace(settings, redis_url=own.url, breaker_reset_seconds=30.0), own.url)
     try:
         await app.start()
-        timed_before, failed_before, refused_before = redis_totals(scrape(app.metrics_port))
         own.kill()
+        # From the first failure on, no call can succeed: a success in flight at the kill (the
+        # version lease is renewed every 80 ms) must not enter the comparison below.
+        await scrape_when(app, lambda s: redis_totals(s)[1] > 0)
+        timed_before, failed_before, refused_before = redis_totals(scrape(app.metrics_port))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = pb_grpc.SettlementGatewayStub(channel)
             for _ in range(6):
@@ -224,7 +304,7 @@ async def test_calls_the_breaker_refused_are_not_counted_as_redis_calls(
         assert app.store is not None and app.store.breaker.is_open
         timed, failed, refused = redis_totals(scrape(app.metrics_port))
         assert refused - refused_before >= 3  # the breaker opened after at most 3 failures
-        assert failed - failed_before >= 1
+        assert failed >= 1  # calls that reached the dead Redis and failed
         # Every call timed since Redis died is one that reached it (and failed): none of
         # the refused ones.
         assert timed - timed_before == failed - failed_before
@@ -357,6 +437,7 @@ async def test_degraded_answers_and_failing_reads_are_counted(
             stub = pb_grpc.SettlementGatewayStub(channel)
             assert not (await stub.Validate(request(line()))).degraded  # fills the record cache
             own.kill()
+            await until(lambda: app.store is not None and not app.store.lease_holds())
             assert (await stub.Validate(request(line()))).degraded
         s = scrape(app.metrics_port)
         assert s.value("sgw_degraded_answers_total") == 1
