@@ -45,7 +45,7 @@ WRITE_BATCH = 1000
 # How long the writer lets records gather before a write: one pipelined round trip per this
 # much time instead of one per audited answer. A redis-py round trip costs this process about
 # as much CPU as judging an everyday bill, and most bills carry a line worth auditing.
-WRITE_LINGER_SECONDS = 0.05
+WRITE_LINGER_SECONDS = 0.01
 RETRY_MIN_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
 QUERY_BATCH = 5000
