@@ -7,9 +7,14 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
+
 from gateway.days import CST
+from gateway.keys import Keys
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from loader.demo import DEPARTMENT_HEADERS, INSTITUTION_HEADERS, STAFF_HEADERS
+from loader.publish import Publisher
+from loader.sync import SyncOptions, sync_file
 
 HEADERS = {"staff": STAFF_HEADERS, "institution": INSTITUTION_HEADERS, "department": DEPARTMENT_HEADERS}
 
@@ -26,6 +31,18 @@ def write_csv(
         writer.writerow(headers)
         writer.writerows(rows)
     return path
+
+
+def load_into(url: str, tmp_path: Path, kind: str, rows: list[list[str]]) -> str:
+    """Write ``rows`` as a ``kind`` export and sync it into the Redis at ``url``; the version."""
+    client = redis.Redis.from_url(url)
+    try:
+        path = write_csv(tmp_path / f"{kind}.csv", HEADERS[kind], rows)
+        result = sync_file(path, Publisher(client, Keys()), SyncOptions(kind=kind))  # type: ignore[arg-type]
+        assert result.outcome == 0, result.message
+        return str(result.data_version)
+    finally:
+        client.close()
 
 
 def staff_row(

@@ -39,11 +39,9 @@ from gateway.policy import OUTAGE_ARTICLE, Reason, Verdict
 from gateway.redis_client import AsyncRedis, async_client
 from gateway.rules import ACCEPTED, Decision
 from gateway.server import GatewayApp
-from loader.publish import Publisher
-from loader.sync import SyncOptions, sync_file
-from tests import exports
 from tests.conftest import Loader, RedisProcess, free_port
-from tests.exports import DOCTOR, HOSPITAL, institution_row, line, request, staff_row
+from tests.exports import DOCTOR, HOSPITAL, institution_row, line, load_into, request, staff_row
+from tests.polling import until
 
 BIN = Path(sys.executable).parent
 SUSPENDED = "D330902000002"
@@ -62,13 +60,6 @@ async def run_audit(redis_url: str, *args: str) -> list[dict[str, object]]:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return [orjson.loads(text) for text in out.splitlines()]
-
-
-async def until(predicate: object, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_rejections_and_exemptions_are_recorded_and_found(
@@ -321,17 +312,6 @@ async def test_stop_returns_with_a_frozen_redis_and_counts_what_was_not_written(
 
 BANNED = "D330902000003"
 UNSEEN = "D330902000009"
-
-
-def load_into(url: str, tmp_path: Path, kind: str, rows: list[list[str]]) -> str:
-    client = redis.Redis.from_url(url)
-    try:
-        path = exports.write_csv(tmp_path / f"{kind}.csv", exports.HEADERS[kind], rows)
-        result = sync_file(path, Publisher(client, Keys()), SyncOptions(kind=kind))  # type: ignore[arg-type]
-        assert result.outcome == 0, result.message
-        return str(result.data_version)
-    finally:
-        client.close()
 
 
 @pytest.fixture

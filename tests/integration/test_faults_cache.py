@@ -14,37 +14,21 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import Settings
-from gateway.keys import Keys
 from gateway.outage import OutagePolicy
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.policy import OUTAGE_ARTICLE
 from gateway.server import GatewayApp
-from loader.publish import Publisher
-from loader.sync import SyncOptions, sync_file
-from tests import exports
 from tests.conftest import RedisProcess
-from tests.exports import DOCTOR, OTHER_HOSPITAL, institution_row, line, request, staff_row
+from tests.exports import DOCTOR, OTHER_HOSPITAL, institution_row, line, load_into, request, staff_row
 from tests.polling import until
 
 BANNED = "D330902000003"
 UNSEEN = "D330902000009"
 NEVER_REGISTERED = "D330902999999"
-
-
-def load_into(url: str, tmp_path: Path, kind: str, rows: list[list[str]]) -> str:
-    client = redis.Redis.from_url(url)
-    try:
-        path = exports.write_csv(tmp_path / f"{kind}.csv", exports.HEADERS[kind], rows)
-        result = sync_file(path, Publisher(client, Keys()), SyncOptions(kind=kind))  # type: ignore[arg-type]
-        assert result.outcome == 0, result.message
-        return result.data_version
-    finally:
-        client.close()
 
 
 @pytest.fixture

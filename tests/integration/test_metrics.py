@@ -19,8 +19,16 @@ from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.server import GatewayApp
 from tests.conftest import Loader, RedisProcess, free_port
-from tests.exports import DOCTOR, HOSPITAL, OTHER_HOSPITAL, institution_row, line, request, staff_row
-from tests.integration.test_faults_cache import load_into
+from tests.exports import (
+    DOCTOR,
+    HOSPITAL,
+    OTHER_HOSPITAL,
+    institution_row,
+    line,
+    load_into,
+    request,
+    staff_row,
+)
 from tests.polling import until
 from tests.scrape import Scrape, scrape
 
