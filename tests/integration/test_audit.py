@@ -41,7 +41,7 @@ from gateway.rules import ACCEPTED, Decision
 from gateway.server import GatewayApp
 from tests.conftest import Loader, RedisProcess, free_port
 from tests.exports import DOCTOR, HOSPITAL, institution_row, line, load_into, request, staff_row
-from tests.polling import until
+from tests.polling import until, until_lease_lapsed
 
 BIN = Path(sys.executable).parent
 SUSPENDED = "D330902000002"
@@ -344,7 +344,7 @@ async def test_lines_paid_under_the_outage_policy_are_audited_as_degraded(
         await stub.Validate(request(line("1", DOCTOR), line("2", BANNED)))  # caches both, live
         await until(lambda: app.audit.written == 1)  # type: ignore[union-attr]
         persistent_redis.kill()
-        await until(lambda: not app.store.lease_holds())  # type: ignore[union-attr]
+        await until_lease_lapsed(app)
         bill = request(
             line("1", UNSEEN), line("2", DOCTOR), line("3", BANNED), line("4", BANNED, emergency=True),
             request_id="rq-outage",

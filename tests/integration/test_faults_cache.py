@@ -24,7 +24,7 @@ from gateway.policy import OUTAGE_ARTICLE
 from gateway.server import GatewayApp
 from tests.conftest import RedisProcess
 from tests.exports import DOCTOR, OTHER_HOSPITAL, institution_row, line, load_into, request, staff_row
-from tests.polling import until
+from tests.polling import until, until_lease_lapsed
 
 BANNED = "D330902000003"
 UNSEEN = "D330902000009"
@@ -94,7 +94,7 @@ async def test_cached_records_answer_degraded_and_the_rest_is_refused(
         persistent_redis.kill()
         # Until the version lease runs out, answers are still live ones: no publish can move
         # ``live`` meanwhile (the loader waits out every lease). Then the cache answers degraded.
-        await until(lambda: app.store is not None and not app.store.lease_holds())
+        await until_lease_lapsed(app)
         degraded = await stub.Validate(bill)
         assert degraded.degraded
         assert verdicts(degraded) == verdicts(live)  # "unregistered" was cached as an answer too
@@ -133,7 +133,7 @@ async def test_accept_flagged_pays_what_it_cannot_judge_but_never_a_known_ban(
         stub = pb_grpc.SettlementGatewayStub(channel)
         await stub.Validate(request(line("1", DOCTOR), line("2", BANNED)))
         persistent_redis.kill()
-        await until(lambda: app.store is not None and not app.store.lease_holds())
+        await until_lease_lapsed(app)
         await asyncio.sleep(0.4)  # beyond the staleness limit: only the policy answers now
         reply = await stub.Validate(
             request(
@@ -176,7 +176,7 @@ async def test_stale_cache_is_refused_and_recovery_needs_no_restart(
         bill = request(line("1", DOCTOR))
         await stub.Validate(bill)
         persistent_redis.kill()
-        await until(lambda: app.store is not None and not app.store.lease_holds())
+        await until_lease_lapsed(app)
         await asyncio.sleep(0.4)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Validate(bill)

@@ -29,7 +29,7 @@ from tests.exports import (
     request,
     staff_row,
 )
-from tests.polling import until
+from tests.polling import until_lease_lapsed
 from tests.scrape import Scrape, scrape
 
 SERVICE = "settlement.v1.SettlementGateway"
@@ -445,7 +445,7 @@ async def test_degraded_answers_and_failing_reads_are_counted(
             stub = pb_grpc.SettlementGatewayStub(channel)
             assert not (await stub.Validate(request(line()))).degraded  # fills the record cache
             own.kill()
-            await until(lambda: app.store is not None and not app.store.lease_holds())
+            await until_lease_lapsed(app)
             assert (await stub.Validate(request(line()))).degraded
         s = scrape(app.metrics_port)
         assert s.value("sgw_degraded_answers_total") == 1
