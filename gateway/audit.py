@@ -69,11 +69,6 @@ CLOCK_SKEW_SECONDS = 300
 _ACCEPT = Verdict.ACCEPT
 
 
-def needs_audit(decision: Decision) -> bool:
-    """Everything except a plain live ``ACCEPT`` (which cites no rule)."""
-    return decision.verdict is not Verdict.ACCEPT or bool(decision.rule)
-
-
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One audited line."""
@@ -229,7 +224,9 @@ class AuditLog:
         data_version: str,
         degraded: bool,
     ) -> None:
-        """Queue the audited lines of one answer; never blocks, never raises on overflow."""
+        """Queue the audited lines of one answer; never blocks, never raises on overflow.
+
+        Audited: every line but a plain live ``ACCEPT`` (which cites no rule)."""
         indices = [i for i, d in enumerate(decisions) if d.verdict is not _ACCEPT or d.rule]
         if not indices:
             return

@@ -214,16 +214,19 @@ class Store:
         self._lease = VersionLease(meta, sent + self.lease_seconds) if self.cache.confirm(meta) else None
         return self._lease
 
+    def _current_lease(self) -> VersionLease | None:
+        lease = self._lease
+        return lease if lease is not None and time.monotonic() < lease.expires else None
+
     def lease_holds(self) -> bool:
         """Whether a version lease vouches for the cached version right now."""
-        lease = self._lease
-        return lease is not None and time.monotonic() < lease.expires
+        return self._current_lease() is not None
 
     def read_leased(self, institution: str, codes: Sequence[str]) -> Snapshot | None:
         """The request's records from the cache, when a lease vouches that their version is
         live now and the cache holds every one of them; else None (ask Redis)."""
-        lease = self._lease
-        if lease is None or not self.lease_holds():
+        lease = self._current_lease()
+        if lease is None:
             return None
         cached = self.cache.lookup(institution, codes, version=lease.meta.version)
         if cached is None or not cached.complete:
