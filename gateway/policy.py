@@ -41,6 +41,7 @@ class Reason(enum.IntEnum):
     INSTITUTION_TERMINATED = 12
     DEPARTMENT_SUSPENDED = 13
     ITEM_CODE_MISSING = 14
+    DEPARTMENT_CODE_MISSING = 15
 
 
 # The five policy documents, by issuing number.

@@ -20,7 +20,7 @@ ENUMS = {
         "REASON_UNSPECIFIED", "OK", "STAFF_CODE_MISSING", "STAFF_CODE_MALFORMED", "STAFF_UNREGISTERED",
         "STAFF_NOT_AT_INSTITUTION", "STAFF_SUSPENDED", "STAFF_TERMINATED", "STAFF_CODE_CANCELLED",
         "STAFF_LOCKED", "INSTITUTION_UNREGISTERED", "INSTITUTION_SUSPENDED", "INSTITUTION_TERMINATED",
-        "DEPARTMENT_SUSPENDED", "ITEM_CODE_MISSING",
+        "DEPARTMENT_SUSPENDED", "ITEM_CODE_MISSING", "DEPARTMENT_CODE_MISSING",
     ],
 }  # fmt: skip
 
@@ -28,11 +28,12 @@ FIELDS = {
     "ValidateRequest": {"request_id": 1, "institution_code": 2, "settlement_id": 3, "encounter": 4,
                         "lines": 5, "med_type": 6},
     "SettlementLine": {"line_id": 1, "staff_code": 2, "department_code": 3, "item_code": 4,
-                       "amount_fen": 5, "service_time": 6, "emergency": 7},
+                       "amount_fen": 5, "service_time": 6, "emergency": 7,
+                       "prescribing_institution_code": 8},
     "ValidateResponse": {"request_id": 1, "outcome": 2, "verdicts": 3, "accepted_fen": 4,
                          "rejected_fen": 5, "data_version": 6, "data_as_of": 7, "degraded": 8},
     "LineVerdict": {"line_id": 1, "verdict": 2, "reason": 3, "detail": 4, "rule": 5},
-    "GatewayStatus": {"data_version": 1, "data_as_of": 2, "degraded": 3},
+    "GatewayStatus": {"data_version": 1, "data_as_of": 2, "degraded": 3, "policy_profile": 7},
 }  # fmt: skip
 
 

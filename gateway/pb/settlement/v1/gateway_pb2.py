@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsettlement/v1/gateway.proto\x12\rsettlement.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\x0fValidateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10institution_code\x18\x02 \x01(\t\x12\x15\n\rsettlement_id\x18\x03 \x01(\t\x12/\n\tencounter\x18\x04 \x01(\x0e\x32\x1c.settlement.v1.EncounterType\x12,\n\x05lines\x18\x05 \x03(\x0b\x32\x1d.settlement.v1.SettlementLine\x12\x10\n\x08med_type\x18\x06 \x01(\t\"\xba\x01\n\x0eSettlementLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nstaff_code\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65partment_code\x18\x03 \x01(\t\x12\x11\n\titem_code\x18\x04 \x01(\t\x12\x12\n\namount_fen\x18\x05 \x01(\x03\x12\x30\n\x0cservice_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\temergency\x18\x07 \x01(\x08\"\x81\x02\n\x10ValidateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.settlement.v1.Outcome\x12,\n\x08verdicts\x18\x03 \x03(\x0b\x32\x1a.settlement.v1.LineVerdict\x12\x14\n\x0c\x61\x63\x63\x65pted_fen\x18\x04 \x01(\x03\x12\x14\n\x0crejected_fen\x18\x05 \x01(\x03\x12\x14\n\x0c\x64\x61ta_version\x18\x06 \x01(\t\x12.\n\ndata_as_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\"\x8c\x01\n\x0bLineVerdict\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.settlement.v1.Verdict\x12%\n\x06reason\x18\x03 \x01(\x0e\x32\x15.settlement.v1.Reason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0c\n\x04rule\x18\x05 \x01(\t\"\x12\n\x10GetStatusRequest\"\xb0\x01\n\rGatewayStatus\x12\x14\n\x0c\x64\x61ta_version\x18\x01 \x01(\t\x12.\n\ndata_as_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x61ta_age_seconds\x18\x04 \x01(\x01\x12\x17\n\x0fstore_reachable\x18\x05 \x01(\x08\x12\x14\n\x0c\x64\x61ta_sources\x18\x06 \x03(\t*k\n\rEncounterType\x12\x1e\n\x1a\x45NCOUNTER_TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTPATIENT\x10\x01\x12\r\n\tEMERGENCY\x10\x02\x12\r\n\tINPATIENT\x10\x03\x12\x0c\n\x08PHARMACY\x10\x04*^\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41LL_ACCEPTED\x10\x01\x12\x16\n\x12PARTIALLY_REJECTED\x10\x02\x12\x10\n\x0c\x41LL_REJECTED\x10\x03*P\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43\x43\x45PT\x10\x01\x12\n\n\x06REJECT\x10\x02\x12\x14\n\x10\x41\x43\x43\x45PT_EMERGENCY\x10\x03*\xed\x02\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x16\n\x12STAFF_CODE_MISSING\x10\x02\x12\x18\n\x14STAFF_CODE_MALFORMED\x10\x03\x12\x16\n\x12STAFF_UNREGISTERED\x10\x04\x12\x1c\n\x18STAFF_NOT_AT_INSTITUTION\x10\x05\x12\x13\n\x0fSTAFF_SUSPENDED\x10\x06\x12\x14\n\x10STAFF_TERMINATED\x10\x07\x12\x18\n\x14STAFF_CODE_CANCELLED\x10\x08\x12\x10\n\x0cSTAFF_LOCKED\x10\t\x12\x1c\n\x18INSTITUTION_UNREGISTERED\x10\n\x12\x19\n\x15INSTITUTION_SUSPENDED\x10\x0b\x12\x1a\n\x16INSTITUTION_TERMINATED\x10\x0c\x12\x18\n\x14\x44\x45PARTMENT_SUSPENDED\x10\r\x12\x15\n\x11ITEM_CODE_MISSING\x10\x0e\x32\x83\x02\n\x11SettlementGateway\x12K\n\x08Validate\x12\x1e.settlement.v1.ValidateRequest\x1a\x1f.settlement.v1.ValidateResponse\x12U\n\x0eValidateStream\x12\x1e.settlement.v1.ValidateRequest\x1a\x1f.settlement.v1.ValidateResponse(\x01\x30\x01\x12J\n\tGetStatus\x12\x1f.settlement.v1.GetStatusRequest\x1a\x1c.settlement.v1.GatewayStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsettlement/v1/gateway.proto\x12\rsettlement.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\x0fValidateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10institution_code\x18\x02 \x01(\t\x12\x15\n\rsettlement_id\x18\x03 \x01(\t\x12/\n\tencounter\x18\x04 \x01(\x0e\x32\x1c.settlement.v1.EncounterType\x12,\n\x05lines\x18\x05 \x03(\x0b\x32\x1d.settlement.v1.SettlementLine\x12\x10\n\x08med_type\x18\x06 \x01(\t\"\xe0\x01\n\x0eSettlementLine\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\x12\n\nstaff_code\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x65partment_code\x18\x03 \x01(\t\x12\x11\n\titem_code\x18\x04 \x01(\t\x12\x12\n\namount_fen\x18\x05 \x01(\x03\x12\x30\n\x0cservice_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\temergency\x18\x07 \x01(\x08\x12$\n\x1cprescribing_institution_code\x18\x08 \x01(\t\"\x81\x02\n\x10ValidateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.settlement.v1.Outcome\x12,\n\x08verdicts\x18\x03 \x03(\x0b\x32\x1a.settlement.v1.LineVerdict\x12\x14\n\x0c\x61\x63\x63\x65pted_fen\x18\x04 \x01(\x03\x12\x14\n\x0crejected_fen\x18\x05 \x01(\x03\x12\x14\n\x0c\x64\x61ta_version\x18\x06 \x01(\t\x12.\n\ndata_as_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x08 \x01(\x08\"\x8c\x01\n\x0bLineVerdict\x12\x0f\n\x07line_id\x18\x01 \x01(\t\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.settlement.v1.Verdict\x12%\n\x06reason\x18\x03 \x01(\x0e\x32\x15.settlement.v1.Reason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0c\n\x04rule\x18\x05 \x01(\t\"\x12\n\x10GetStatusRequest\"\xc8\x01\n\rGatewayStatus\x12\x14\n\x0c\x64\x61ta_version\x18\x01 \x01(\t\x12.\n\ndata_as_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x18\n\x10\x64\x61ta_age_seconds\x18\x04 \x01(\x01\x12\x17\n\x0fstore_reachable\x18\x05 \x01(\x08\x12\x14\n\x0c\x64\x61ta_sources\x18\x06 \x03(\t\x12\x16\n\x0epolicy_profile\x18\x07 \x01(\t*k\n\rEncounterType\x12\x1e\n\x1a\x45NCOUNTER_TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTPATIENT\x10\x01\x12\r\n\tEMERGENCY\x10\x02\x12\r\n\tINPATIENT\x10\x03\x12\x0c\n\x08PHARMACY\x10\x04*^\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41LL_ACCEPTED\x10\x01\x12\x16\n\x12PARTIALLY_REJECTED\x10\x02\x12\x10\n\x0c\x41LL_REJECTED\x10\x03*P\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43\x43\x45PT\x10\x01\x12\n\n\x06REJECT\x10\x02\x12\x14\n\x10\x41\x43\x43\x45PT_EMERGENCY\x10\x03*\x8a\x03\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x16\n\x12STAFF_CODE_MISSING\x10\x02\x12\x18\n\x14STAFF_CODE_MALFORMED\x10\x03\x12\x16\n\x12STAFF_UNREGISTERED\x10\x04\x12\x1c\n\x18STAFF_NOT_AT_INSTITUTION\x10\x05\x12\x13\n\x0fSTAFF_SUSPENDED\x10\x06\x12\x14\n\x10STAFF_TERMINATED\x10\x07\x12\x18\n\x14STAFF_CODE_CANCELLED\x10\x08\x12\x10\n\x0cSTAFF_LOCKED\x10\t\x12\x1c\n\x18INSTITUTION_UNREGISTERED\x10\n\x12\x19\n\x15INSTITUTION_SUSPENDED\x10\x0b\x12\x1a\n\x16INSTITUTION_TERMINATED\x10\x0c\x12\x18\n\x14\x44\x45PARTMENT_SUSPENDED\x10\r\x12\x15\n\x11ITEM_CODE_MISSING\x10\x0e\x12\x1b\n\x17\x44\x45PARTMENT_CODE_MISSING\x10\x0f\x32\x83\x02\n\x11SettlementGateway\x12K\n\x08Validate\x12\x1e.settlement.v1.ValidateRequest\x1a\x1f.settlement.v1.ValidateResponse\x12U\n\x0eValidateStream\x12\x1e.settlement.v1.ValidateRequest\x1a\x1f.settlement.v1.ValidateResponse(\x01\x30\x01\x12J\n\tGetStatus\x12\x1f.settlement.v1.GetStatusRequest\x1a\x1c.settlement.v1.GatewayStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'settlement.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCOUNTERTYPE']._serialized_start=1072
-  _globals['_ENCOUNTERTYPE']._serialized_end=1179
-  _globals['_OUTCOME']._serialized_start=1181
-  _globals['_OUTCOME']._serialized_end=1275
-  _globals['_VERDICT']._serialized_start=1277
-  _globals['_VERDICT']._serialized_end=1357
-  _globals['_REASON']._serialized_start=1360
-  _globals['_REASON']._serialized_end=1725
+  _globals['_ENCOUNTERTYPE']._serialized_start=1134
+  _globals['_ENCOUNTERTYPE']._serialized_end=1241
+  _globals['_OUTCOME']._serialized_start=1243
+  _globals['_OUTCOME']._serialized_end=1337
+  _globals['_VERDICT']._serialized_start=1339
+  _globals['_VERDICT']._serialized_end=1419
+  _globals['_REASON']._serialized_start=1422
+  _globals['_REASON']._serialized_end=1816
   _globals['_VALIDATEREQUEST']._serialized_start=80
   _globals['_VALIDATEREQUEST']._serialized_end=279
   _globals['_SETTLEMENTLINE']._serialized_start=282
-  _globals['_SETTLEMENTLINE']._serialized_end=468
-  _globals['_VALIDATERESPONSE']._serialized_start=471
-  _globals['_VALIDATERESPONSE']._serialized_end=728
-  _globals['_LINEVERDICT']._serialized_start=731
-  _globals['_LINEVERDICT']._serialized_end=871
-  _globals['_GETSTATUSREQUEST']._serialized_start=873
-  _globals['_GETSTATUSREQUEST']._serialized_end=891
-  _globals['_GATEWAYSTATUS']._serialized_start=894
-  _globals['_GATEWAYSTATUS']._serialized_end=1070
-  _globals['_SETTLEMENTGATEWAY']._serialized_start=1728
-  _globals['_SETTLEMENTGATEWAY']._serialized_end=1987
+  _globals['_SETTLEMENTLINE']._serialized_end=506
+  _globals['_VALIDATERESPONSE']._serialized_start=509
+  _globals['_VALIDATERESPONSE']._serialized_end=766
+  _globals['_LINEVERDICT']._serialized_start=769
+  _globals['_LINEVERDICT']._serialized_end=909
+  _globals['_GETSTATUSREQUEST']._serialized_start=911
+  _globals['_GETSTATUSREQUEST']._serialized_end=929
+  _globals['_GATEWAYSTATUS']._serialized_start=932
+  _globals['_GATEWAYSTATUS']._serialized_end=1132
+  _globals['_SETTLEMENTGATEWAY']._serialized_start=1819
+  _globals['_SETTLEMENTGATEWAY']._serialized_end=2078
 # @@protoc_insertion_point(module_scope)

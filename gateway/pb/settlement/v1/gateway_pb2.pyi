@@ -106,6 +106,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     INSTITUTION_TERMINATED: _Reason.ValueType  # 12
     DEPARTMENT_SUSPENDED: _Reason.ValueType  # 13
     ITEM_CODE_MISSING: _Reason.ValueType  # 14
+    DEPARTMENT_CODE_MISSING: _Reason.ValueType  # 15
+    """No department code on a line at an institution with a department stop in force on the
+    line's service day (checked right before DEPARTMENT_SUSPENDED).
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper): ...
 
@@ -124,6 +128,10 @@ INSTITUTION_SUSPENDED: Reason.ValueType  # 11
 INSTITUTION_TERMINATED: Reason.ValueType  # 12
 DEPARTMENT_SUSPENDED: Reason.ValueType  # 13
 ITEM_CODE_MISSING: Reason.ValueType  # 14
+DEPARTMENT_CODE_MISSING: Reason.ValueType  # 15
+"""No department code on a line at an institution with a department stop in force on the
+line's service day (checked right before DEPARTMENT_SUSPENDED).
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 @_typing.final
@@ -175,6 +183,7 @@ class SettlementLine(_message.Message):
     AMOUNT_FEN_FIELD_NUMBER: _builtins.int
     SERVICE_TIME_FIELD_NUMBER: _builtins.int
     EMERGENCY_FIELD_NUMBER: _builtins.int
+    PRESCRIBING_INSTITUTION_CODE_FIELD_NUMBER: _builtins.int
     line_id: _builtins.str
     """feedetl_sn"""
     staff_code: _builtins.str
@@ -187,6 +196,10 @@ class SettlementLine(_message.Message):
     """Amount in 0.01 CNY; negative for refund lines."""
     emergency: _builtins.bool
     """急诊/抢救 for this line."""
+    prescribing_institution_code: _builtins.str
+    """For a retail pharmacy's external prescription (外配处方): the institution where the
+    prescribing doctor holds the agreement.
+    """
     @_builtins.property
     def service_time(self) -> _timestamp_pb2.Timestamp:
         """When the service was given; status is judged at this time."""
@@ -201,10 +214,11 @@ class SettlementLine(_message.Message):
         amount_fen: _builtins.int = ...,
         service_time: _timestamp_pb2.Timestamp | None = ...,
         emergency: _builtins.bool = ...,
+        prescribing_institution_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service_time", b"service_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "department_code", b"department_code", "emergency", b"emergency", "item_code", b"item_code", "line_id", b"line_id", "service_time", b"service_time", "staff_code", b"staff_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "department_code", b"department_code", "emergency", b"emergency", "item_code", b"item_code", "line_id", b"line_id", "prescribing_institution_code", b"prescribing_institution_code", "service_time", b"service_time", "staff_code", b"staff_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,12 +327,15 @@ class GatewayStatus(_message.Message):
     DATA_AGE_SECONDS_FIELD_NUMBER: _builtins.int
     STORE_REACHABLE_FIELD_NUMBER: _builtins.int
     DATA_SOURCES_FIELD_NUMBER: _builtins.int
+    POLICY_PROFILE_FIELD_NUMBER: _builtins.int
     data_version: _builtins.str
     degraded: _builtins.bool
     data_age_seconds: _builtins.float
     """Seconds between data_as_of and now, as seen by this gateway."""
     store_reachable: _builtins.bool
     """Whether the gateway currently reaches its store."""
+    policy_profile: _builtins.str
+    """Name of the policy profile in force (SGW_POLICY_PROFILE)."""
     @_builtins.property
     def data_as_of(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -334,10 +351,11 @@ class GatewayStatus(_message.Message):
         data_age_seconds: _builtins.float = ...,
         store_reachable: _builtins.bool = ...,
         data_sources: _abc.Iterable[_builtins.str] | None = ...,
+        policy_profile: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_as_of", b"data_as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_age_seconds", b"data_age_seconds", "data_as_of", b"data_as_of", "data_sources", b"data_sources", "data_version", b"data_version", "degraded", b"degraded", "store_reachable", b"store_reachable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_age_seconds", b"data_age_seconds", "data_as_of", b"data_as_of", "data_sources", b"data_sources", "data_version", b"data_version", "degraded", b"degraded", "policy_profile", b"policy_profile", "store_reachable", b"store_reachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
