@@ -47,7 +47,7 @@ from gateway.metrics import decision_size_class
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from loader.demo import DemoSet, load_order
 from loader.publish import Publisher
-from loader.sync import Outcome, SyncOptions, sync_file
+from loader.sync import FileSpec, Outcome, SyncOptions, sync_files
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION_BEGIN = "<!-- gateway-bench:begin -->"
@@ -129,10 +129,9 @@ def load_demo(redis_url: str, workdir: Path, staff: int) -> Path:
     client = redis.Redis.from_url(redis_url)
     try:
         publisher = Publisher(client, Keys())
-        for kind, path in load_order(paths):
-            result = sync_file(path, publisher, SyncOptions(kind=kind))
-            if result.outcome not in (Outcome.PUBLISHED, Outcome.PUBLISHED_WITH_REJECTS):
-                raise RuntimeError(f"{path} did not load: {result.message}")
+        done = sync_files([FileSpec(path) for _, path in load_order(paths)], publisher, SyncOptions())
+        if done.outcome not in (Outcome.PUBLISHED, Outcome.PUBLISHED_WITH_REJECTS):
+            raise RuntimeError(f"the demo set did not load: {done.message}")
     finally:
         client.close()
     return paths["staff"]

@@ -126,9 +126,13 @@ class Publish:
     result: dict[str, object]
 
 
-def run_loader(path: Path, variant: str, env: dict[str, str], *options: str) -> Publish:
-    """``settlement-loader sync`` as an operator runs it: wall time and peak RSS (wait4)."""
-    argv = [str(Path(sys.executable).parent / "settlement-loader"), "sync", str(path), "--json", *options]
+def run_loader(
+    path: Path, variant: str, env: dict[str, str], *options: str, together: Sequence[Path] = ()
+) -> Publish:
+    """``settlement-loader sync`` as an operator runs it: wall time and peak RSS (wait4).
+    ``together``: files published in the same version (the first version needs them all)."""
+    files = [str(p) for p in (*together, path)]
+    argv = [str(Path(sys.executable).parent / "settlement-loader"), "sync", *files, "--json", *options]
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -446,10 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "SGW_STATE_DIR": str(workdir / "state"),
             "SGW_LOG_LEVEL": "WARNING",
         }
-        for path in (exports.institutions, exports.departments):
-            run_loader(path, "-", env)
         live = ["A"]
-        versions = {str(run_loader(exports.variants["A"], "A", env).result["data_version"]): "A"}
+        first = run_loader(
+            exports.variants["A"], "A", env, together=(exports.institutions, exports.departments)
+        )
+        versions = {str(first.result["data_version"]): "A"}
         port, metrics_port = processes.free_port(), processes.free_port()
         probe = client_request(
             random.Random(1), probe_codes(args.probes), exports.sample_codes, args.lines, 0

@@ -255,6 +255,12 @@ class GatewayMetrics:
             "sgw_degraded_answers_total", "Settlements answered from data that was not live (degraded).",
             registry=registry,
         )  # fmt: skip
+        self.incomplete_versions = Counter(
+            "sgw_incomplete_version_refusals_total",
+            "Times the gateway declined to adopt the live data version because it has no staff "
+            "or no institution records (it keeps answering from its cache, degraded).",
+            registry=registry,
+        )
         self.audit_records = Counter(
             "sgw_audit_records_total",
             "Audit records (rejected, exempted or outage-paid lines): written, or dropped "

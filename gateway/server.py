@@ -174,6 +174,7 @@ class GatewayApp:
             breaker=CircuitBreaker(s.breaker_failures, s.breaker_reset_seconds),
             outage_policy=s.outage_policy,
             degraded_max_age_seconds=s.degraded_max_age_seconds,
+            on_incomplete=self.metrics.incomplete_versions.inc,
         )
         with contextlib.suppress(NoDataError):
             await self.store.refresh()

@@ -28,7 +28,7 @@ from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.rules import Evidence, decide_all, staff_codes_to_fetch
 from gateway.settlement import RequestError, build_response, parse_request
-from gateway.store import STORE_ERRORS, NoDataError, Store
+from gateway.store import STORE_ERRORS, IncompleteVersion, NoDataError, Store
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,15 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
                 self.authorizer.institutions(context)
             except AccessDenied as exc:
                 await context.abort(exc.code, str(exc))
-        reachable = True
+        reachable, degraded = True, False
         try:
             meta = await self.store.refresh()
+        except IncompleteVersion:  # the store answers, but its live version is not served
+            degraded, meta = True, self.store.meta
         except (NoDataError, *STORE_ERRORS):
-            reachable = False
+            reachable, degraded = False, True
             meta = self.store.meta
-        status = pb.GatewayStatus(store_reachable=reachable, degraded=not reachable)
+        status = pb.GatewayStatus(store_reachable=reachable, degraded=degraded)
         if meta is not None:
             status.data_version = meta.version
             status.data_as_of.FromNanoseconds(int(meta.as_of * 1e9))

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import redis.exceptions
 
@@ -86,6 +86,12 @@ class NoDataError(RuntimeError):
     """No data version is live: nothing has been loaded yet."""
 
 
+class IncompleteVersion(NoDataError):
+    """The live version lacks staff or institutions (``VersionMeta.missing_kinds``), so the
+    gateway does not adopt it: judged on it, every line would be rejected for a reason that
+    is not true (STAFF_UNREGISTERED for everyone). Like an outage, the cache answers."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one request is judged on: records of one version."""
@@ -126,6 +132,7 @@ class Store:
         breaker: CircuitBreaker | None = None,
         outage_policy: OutagePolicy = OutagePolicy.REFUSE,
         degraded_max_age_seconds: float = 600.0,
+        on_incomplete: Callable[[], None] = lambda: None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -139,6 +146,10 @@ class Store:
         self._meta_lock = asyncio.Lock()
         self._lease: VersionLease | None = None
         self.lease_seconds = VERSION_LEASE_SECONDS
+        # Counts each time the live version is declined for being incomplete.
+        self._on_incomplete = on_incomplete
+        # The last version declined (versions never change: no need to read it again).
+        self._declined: VersionMeta | None = None
 
     async def _call(self, operation: Awaitable[T]) -> T:
         """One store call through the breaker."""
@@ -188,14 +199,38 @@ class Store:
             current = self._meta
             if current is not None and current.version == version:
                 return current
+            declined = self._declined
+            if declined is not None and declined.version == version:
+                self._decline(declined, first=False)
             with self._timed("meta"):
                 raw = await self._call(self.client.hgetall(self.keys.version_meta(version)))
             if not raw:
                 raise NoDataError(f"live version {version} has no metadata")
             meta = VersionMeta.from_hash(cast(dict[bytes, bytes], raw))
+            if meta.missing_kinds():
+                self._declined = meta
+                self._decline(meta, first=True)
             self._meta = meta
             log.info("data version adopted", extra={"data_version": version})
             return meta
+
+    def _decline(self, meta: VersionMeta, first: bool) -> NoReturn:
+        """Refuse to adopt an incomplete version: count it, say why (once per version), and
+        keep the version served so far (the cache answers, degraded, as in an outage)."""
+        self._on_incomplete()
+        missing = " and ".join(meta.missing_kinds())
+        if first:
+            log.error(
+                "live data version not adopted: it has no %s records; answering from the cache "
+                "(degraded) until a complete version is published",
+                missing,
+                extra={
+                    "data_version": meta.version,
+                    "missing": missing,
+                    "serving": self._meta and self._meta.version,
+                },
+            )
+        raise IncompleteVersion(f"the live data version {meta.version} has no {missing} records: not adopted")
 
     async def renew_lease(self) -> VersionLease | None:
         """Read ``live`` and the loader's switching mark in one call; with no mark, hold a
@@ -208,7 +243,11 @@ class Store:
         if live is None or switching is not None:
             self._lease = None
             return None
-        meta = await self._adopt(cast(bytes, live).decode())
+        try:
+            meta = await self._adopt(cast(bytes, live).decode())
+        except NoDataError:
+            self._lease = None
+            raise
         # A renewal answered before a publish but processed after the read path adopted the
         # new version is too old to confirm anything.
         self._lease = VersionLease(meta, sent + self.lease_seconds) if self.cache.confirm(meta) else None

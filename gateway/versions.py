@@ -17,6 +17,11 @@ import orjson
 
 from gateway.keys import TABLE_KINDS
 
+# A version the gateway may judge on has both: without staff every line is STAFF_UNREGISTERED,
+# without institutions every line is INSTITUTION_UNREGISTERED — wrong answers, not an outage.
+# Departments may be empty (most institutions have no department stop).
+REQUIRED_KINDS = ("staff", "institution")
+
 
 def new_version_id(now: float) -> str:
     """Sortable, readable and unique: ``20261124T035530Z-3fa9c1``."""
@@ -82,6 +87,11 @@ class VersionMeta:
     # kind -> number of records (persons, institutions, institutions with department actions).
     counts: Mapping[str, int] = field(default_factory=dict)
     previous: str = ""
+
+    def missing_kinds(self) -> tuple[str, ...]:
+        """The required kinds (``REQUIRED_KINDS``) this version has no records of: no table,
+        or a table whose recorded count is zero. Empty for a complete version."""
+        return tuple(k for k in REQUIRED_KINDS if not self.tables.get(k) or self.counts.get(k, 1) <= 0)
 
     def to_hash(self) -> dict[str, bytes]:
         return {

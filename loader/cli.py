@@ -30,8 +30,9 @@ from loader.columns import KINDS, ColumnMapping
 from loader.demo import FORMATS, SCENARIOS, DemoSet, load_order
 from loader.lock import LockBusy
 from loader.publish import PublishConflict, Publisher, StagingError
+from loader.state import CountsFile
 from loader.status import live_status, render_status
-from loader.sync import Outcome, SyncOptions, SyncResult, sync_file
+from loader.sync import FileSpec, Outcome, SetResult, SyncOptions, SyncResult, sync_files
 from loader.watch import DEFAULT_DELTA_PATTERNS, WatchBusy, Watcher, WatchOptions
 
 log = logging.getLogger("loader")
@@ -69,7 +70,7 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
         "--max-shrink-ratio",
         type=_ratio,
         default=0.20,
-        help="refuse a full export dropping more than this share of live records (0.20)",
+        help="refuse a change taking away more than this share of the live records (0.20)",
     )
 
 
@@ -80,10 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--namespace", help="key namespace ($SGW_NAMESPACE, default sgw)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sync = sub.add_parser("sync", help="load one export file")
-    sync.add_argument("path", type=Path)
+    sync = sub.add_parser("sync", help="load export files, all of them as one data version")
+    sync.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="one file per kind")
     sync.add_argument(
-        "--delta", action="store_true", help="replace only the persons/institutions in the file"
+        "--delta", action="store_true", help="replace only the persons/institutions in the files"
     )
     _add_load_options(sync)
     sync.add_argument(
@@ -100,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         "--delta-pattern",
         action="append",
         help=f"file names loaded as deltas (fnmatch; default {' '.join(DEFAULT_DELTA_PATTERNS)})",
+    )
+    watch.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="seconds without a new file before the pending ones load, as one version (5)",
     )
     watch.add_argument(
         "--metrics-listen", default="127.0.0.1:9465", help="Prometheus /metrics address (127.0.0.1:9465)"
@@ -147,11 +154,23 @@ def _summary(result: SyncResult) -> str:
     return "\n".join(lines)
 
 
-def _print_result(result: SyncResult, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+def _print_result(done: SetResult, as_json: bool) -> None:
+    """One file: its document or summary, as ever. Several: each file's, then the version's."""
+    if len(done.files) == 1:
+        doc, text = done.files[0].to_json(), _summary(done.files[0])
     else:
-        print(_summary(result))
+        doc = done.to_json()
+        text = "\n\n".join(
+            [
+                *(_summary(f) for f in done.files),
+                f"version   {done.data_version or '-'}\n"
+                f"result    {done.outcome.name.lower()} (exit {int(done.outcome)}): {done.message}",
+            ]
+        )
+    if as_json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(text)
 
 
 def _today_cst() -> dt.date:
@@ -181,6 +200,7 @@ def _sync_options(args: argparse.Namespace, settings: Settings, mapping: ColumnM
         keep_names=settings.keep_names,
         max_bad_ratio=args.max_bad_ratio,
         max_shrink_ratio=args.max_shrink_ratio,
+        state=CountsFile(settings.state_dir, settings.namespace),
     )
 
 
@@ -204,10 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"settlement-loader: --mapping: {exc}", file=sys.stderr)
             return int(Outcome.USAGE)
-    if args.command == "sync" and not args.path.is_file():
-        # A path that names no file is a mistake in the command, not a file to refuse.
-        print(f"settlement-loader: {args.path}: no such file", file=sys.stderr)
-        return int(Outcome.USAGE)
+    if args.command == "sync":
+        for path in args.paths:
+            if not path.is_file():
+                # A path that names no file is a mistake in the command, not a file to refuse.
+                print(f"settlement-loader: {path}: no such file", file=sys.stderr)
+                return int(Outcome.USAGE)
     try:
         with store_url(settings.redis_url, settings.state_dir) as url:
             if getattr(args, "nice", 0) > 0:
@@ -219,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "watch":
                 return _watch(args, publisher, _sync_options(args, settings, mapping))
             bar = progress.for_stderr(enabled=not (args.json or args.no_progress))
-            result = sync_file(args.path, publisher, _sync_options(args, settings, mapping), bar)
-            _print_result(result, args.json)
-            return int(result.outcome)
+            specs = [FileSpec(path, args.delta) for path in args.paths]
+            done = sync_files(specs, publisher, _sync_options(args, settings, mapping), bar)
+            _print_result(done, args.json)
+            return int(done.outcome)
     except (*STORE_FAILURES, OSError) as exc:
         print(f"settlement-loader: {exc}", file=sys.stderr)
         return int(Outcome.FAILED)
@@ -269,6 +292,7 @@ def _watch(args: argparse.Namespace, publisher: Publisher, options: SyncOptions)
         sync=options,
         interval=args.interval,
         delta_patterns=tuple(args.delta_pattern or DEFAULT_DELTA_PATTERNS),
+        settle=args.settle,
     )
     try:
         watcher = Watcher(publisher, watch_options, metrics)

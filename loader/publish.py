@@ -9,6 +9,10 @@ version is still the one we started from, writes the new version's metadata and 
 ``live`` — atomically. The replaced table is retired and unlinked (UNLINK: freed off the
 main thread) after a grace period by a later run.
 
+Several files, one version: each kind's new table is staged the same way (a delta's as a
+copy of the live table with its changes), and one commit script makes all of them live
+together, so the gateway never serves some of the files without the others.
+
 Delta: up to ``INPLACE_DELTA_MAX`` changed records are applied to the live table by one
 script that also moves ``live``, so the change is atomic per file and blocks Redis for a
 few milliseconds at most. A bigger delta (a province re-sending half its staff) would make
@@ -27,7 +31,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.exceptions
@@ -58,22 +63,29 @@ READ_BATCH = 5000
 VERIFY_SAMPLE = 200
 MAX_SOURCES_PER_KIND = 200
 
-# KEYS: live, new meta, history, retired, new table, old table, previous meta, staging, switching
-# ARGV: expected live ('' none), new version, now, meta ttl, history length,
-#       retire old table (0/1), meta field/value pairs...
-# The new version's metadata never expires while live; the one it replaces is kept
+# KEYS: live, new meta, history, retired, staging, switching, previous meta, then for each
+#       table of the version: its new (staged) table, the table it replaces
+# ARGV: expected live ('' none), new version, now, meta ttl, history length, number of
+#       tables n, n retire flags (0/1: whether a replaced table exists), meta field/value pairs...
+# Every table of one publish (one or several files) goes live in the same step. The new
+# version's metadata never expires while live; the one it replaces is kept
 # VERSION_META_TTL_SECONDS for disputes.
 COMMIT_FULL = """
 local live = redis.call('GET', KEYS[1]) or ''
 if live ~= ARGV[1] then return redis.error_reply('CONFLICT live version is now ' .. live) end
-if redis.call('GET', KEYS[9]) ~= ARGV[2] then return redis.error_reply('SWITCH mark gone') end
-if redis.call('EXISTS', KEYS[5]) == 0 then return redis.error_reply('STAGING table vanished') end
-redis.call('DEL', KEYS[9])
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+if redis.call('GET', KEYS[6]) ~= ARGV[2] then return redis.error_reply('SWITCH mark gone') end
+local n = tonumber(ARGV[6])
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[6 + 2 * i]) == 0 then return redis.error_reply('STAGING table vanished') end
+end
+redis.call('DEL', KEYS[6])
+redis.call('HSET', KEYS[2], unpack(ARGV, 7 + n))
 if live ~= '' then redis.call('EXPIRE', KEYS[7], ARGV[4]) end
-redis.call('PERSIST', KEYS[5])
-redis.call('ZREM', KEYS[8], KEYS[5])
-if ARGV[6] == '1' then redis.call('ZADD', KEYS[4], ARGV[3], KEYS[6]) end
+for i = 1, n do
+  redis.call('PERSIST', KEYS[6 + 2 * i])
+  redis.call('ZREM', KEYS[5], KEYS[6 + 2 * i])
+  if ARGV[6 + i] == '1' then redis.call('ZADD', KEYS[4], ARGV[3], KEYS[7 + 2 * i]) end
+end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[2])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
@@ -113,6 +125,37 @@ return 'OK'
 """
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FullPart:
+    """A full export's records for one kind's new table."""
+
+    kind: str
+    source: Source
+    records: Iterable[tuple[str, bytes]]
+    total: int = 0  # the expected number, for progress only
+
+
+@dataclass(frozen=True)
+class DeltaPart:
+    """A delta for one kind: its changed records (None = removed) and the change in count."""
+
+    kind: str
+    source: Source
+    changes: Mapping[str, bytes | None]
+    growth: int
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A table written for a new version: its kind, id, record count and a sample to verify."""
+
+    kind: str
+    table: str
+    count: int
+    sample: Mapping[str, bytes]
+    source: Source
 
 
 class PublishConflict(RuntimeError):
@@ -268,21 +311,22 @@ class Publisher:
 
     # -- publishing -------------------------------------------------------------------------
 
-    def _next_meta(
-        self, base: VersionMeta | None, kind: str, table: str, count: int, source: Source
-    ) -> VersionMeta:
+    def _next_meta(self, base: VersionMeta | None, parts: Sequence[_Made]) -> VersionMeta:
+        """The metadata of the version ``parts`` (one new table per kind) make of ``base``."""
         now = self.clock()
         tables = dict(base.tables) if base else {}
-        tables[kind] = table
         counts = dict(base.counts) if base else {}
-        counts[kind] = count
-        sources = _with_source(base.sources if base else (), source)
+        sources = base.sources if base else ()
+        for part in parts:
+            tables[part.kind] = part.table
+            counts[part.kind] = part.count
+            sources = _with_source(sources, part.source)
         return VersionMeta(
             version=new_version_id(now),
             as_of=now,
             tables=tables,
-            sources=sources,
             counts=counts,
+            sources=sources,
             previous=base.version if base else "",
         )
 
@@ -330,53 +374,47 @@ class Publisher:
             if wrong:
                 raise StagingError(f"staging verification failed: {len(wrong)} sampled records differ")
 
-    def _commit_staged(
-        self,
-        kind: str,
-        table_id: str,
-        count: int,
-        sample: Mapping[str, bytes],
-        source: Source,
-        base: VersionMeta | None,
-    ) -> VersionMeta:
-        """Verify the staged table holds ``count`` records and the sample, then make it live."""
-        table_key = self.keys.table(kind, table_id)
+    def _commit_staged(self, staged: Sequence[_Made], base: VersionMeta | None) -> VersionMeta:
+        """Verify each staged table holds its count and its sample, then make them all live
+        in one step, as one version."""
+        table_keys = [self.keys.table(part.kind, part.table) for part in staged]
         try:
-            self._verify(kind, table_id, count, sample)
+            for part in staged:
+                self._verify(part.kind, part.table, part.count, part.sample)
         except StagingError:
-            self._discard(table_key)
+            for key in table_keys:
+                self._discard(key)
             raise
-        meta = self._next_meta(base, kind, table_id, count, source)
-        old_table = base.tables.get(kind) if base else None
-        old_key = self.keys.table(kind, old_table) if old_table else table_key
+        meta = self._next_meta(base, staged)
+        keys = [
+            self.keys.live,
+            self.keys.version_meta(meta.version),
+            self.keys.history,
+            self.keys.retired,
+            self.keys.staging,
+            self.keys.switching,
+            self._previous_meta_key(base, meta),
+        ]
+        retire: list[str] = []
+        for part, table_key in zip(staged, table_keys, strict=True):
+            old_table = base.tables.get(part.kind) if base else None
+            keys += [table_key, self.keys.table(part.kind, old_table) if old_table else table_key]
+            retire.append("1" if old_table else "0")
+        args = [
+            base.version if base else "",
+            meta.version,
+            meta.as_of,
+            VERSION_META_TTL_SECONDS,
+            HISTORY_LENGTH,
+            len(staged),
+            *retire,
+            *_flatten(meta.to_hash()),
+        ]
         try:
-            self._switch(
-                meta.version,
-                lambda: self._commit_full(
-                    keys=[
-                        self.keys.live,
-                        self.keys.version_meta(meta.version),
-                        self.keys.history,
-                        self.keys.retired,
-                        table_key,
-                        old_key,
-                        self._previous_meta_key(base, meta),
-                        self.keys.staging,
-                        self.keys.switching,
-                    ],
-                    args=[
-                        base.version if base else "",
-                        meta.version,
-                        meta.as_of,
-                        VERSION_META_TTL_SECONDS,
-                        HISTORY_LENGTH,
-                        "1" if old_table else "0",
-                        *_flatten(meta.to_hash()),
-                    ],
-                ),
-            )
+            self._switch(meta.version, lambda: self._commit_full(keys=keys, args=args))
         except redis.exceptions.ResponseError as exc:
-            self._discard(table_key)
+            for key in table_keys:
+                self._discard(key)
             _conflict_or_raise(exc)
         self._announce(meta)
         return meta
@@ -419,8 +457,32 @@ class Publisher:
     ) -> VersionMeta:
         """Stage ``records`` (a stream of key, encoded record) as the new ``kind`` table and
         make it live atomically. ``total`` (the expected number) only drives ``progress``."""
-        table_id, sent, sample = self._stage(kind, records, total, progress)
-        return self._commit_staged(kind, table_id, sent, sample, source, base)
+        return self.publish_set([FullPart(kind, source, records, total)], base, progress)
+
+    def publish_set(
+        self,
+        parts: Sequence[FullPart | DeltaPart],
+        base: VersionMeta | None,
+        progress: Progress | None = None,
+    ) -> VersionMeta:
+        """Stage one new table per part (a full export's records, or a delta applied to a
+        copy of the live table) and make them all live at once, as one version: the gateway
+        never sees some of the files without the others. One part per kind."""
+        if len({part.kind for part in parts}) != len(parts):
+            raise ValueError("one part per kind in a version")
+        staged: list[_Made] = []
+        try:
+            for part in parts:
+                if isinstance(part, FullPart):
+                    table_id, sent, sample = self._stage(part.kind, part.records, part.total, progress)
+                    staged.append(_Made(part.kind, table_id, sent, sample, part.source))
+                else:
+                    staged.append(self._stage_delta_copy(part, base, progress))
+        except BaseException:
+            for made in staged:
+                self._discard(self.keys.table(made.kind, made.table))
+            raise
+        return self._commit_staged(staged, base)
 
     def publish_delta(
         self,
@@ -437,9 +499,7 @@ class Publisher:
         removed = sum(1 for k, v in changes.items() if v is None and live.get(k) is not None)
         live_table = base.tables.get(kind) if base else None
         if len(changes) > INPLACE_DELTA_MAX:
-            return self._publish_delta_copy(
-                kind, live_table, changes, added - removed, source, base, progress
-            )
+            return self._publish_delta_copy(kind, changes, added - removed, source, base, progress)
         count = (base.counts.get(kind, 0) if base else 0) + added - removed
         return self._publish_delta_inplace(kind, live_table, changes, count, source, base)
 
@@ -455,7 +515,7 @@ class Publisher:
         table_id = live_table or new_version_id(self.clock())
         upserts = {k: v for k, v in changes.items() if v is not None}
         deletes = [k for k, v in changes.items() if v is None]
-        meta = self._next_meta(base, kind, table_id, count, source)
+        meta = self._next_meta(base, [_Made(kind, table_id, count, {}, source)])
         meta_args = _flatten(meta.to_hash())
         upsert_args = _flatten(upserts)
         try:
@@ -491,7 +551,6 @@ class Publisher:
     def _publish_delta_copy(
         self,
         kind: str,
-        live_table: str | None,
         changes: Mapping[str, bytes | None],
         growth: int,
         source: Source,
@@ -499,8 +558,19 @@ class Publisher:
         progress: Progress | None,
     ) -> VersionMeta:
         log.info("large delta: publishing copy-on-write", extra={"changes": len(changes), "kind": kind})
-        live_key = self.keys.table(kind, live_table) if live_table else None
-        count = (int(self.client.hlen(live_key)) if live_key else 0) + growth
+        return self._commit_staged(
+            [self._stage_delta_copy(DeltaPart(kind, source, changes, growth), base, progress)], base
+        )
+
+    def _stage_delta_copy(
+        self, part: DeltaPart, base: VersionMeta | None, progress: Progress | None
+    ) -> _Made:
+        """A copy of the live ``part.kind`` table (HSCAN, in batches) with the delta applied,
+        staged as a new table."""
+        live_table = base.tables.get(part.kind) if base else None
+        live_key = self.keys.table(part.kind, live_table) if live_table else None
+        count = (int(self.client.hlen(live_key)) if live_key else 0) + part.growth
+        changes = part.changes
 
         def merged() -> Iterator[tuple[str, bytes]]:
             cursor = 0
@@ -518,9 +588,24 @@ class Publisher:
                 if new is not None:
                     yield field, new
 
-        table_id, _, sample = self._stage(kind, merged(), count, progress)
+        table_id, _, sample = self._stage(part.kind, merged(), count, progress)
         # HSCAN may return a field twice; HSET makes that harmless, and the count is computed.
-        return self._commit_staged(kind, table_id, count, sample, source, base)
+        return _Made(part.kind, table_id, count, sample, part.source)
+
+    def table_records(self, kind: str, table: str | None) -> Iterator[tuple[str, bytes]]:
+        """Every record of one table (HSCAN, in batches); nothing when there is no table."""
+        if not table:
+            return
+        key = self.keys.table(kind, table)
+        cursor = 0
+        while True:
+            cursor, chunk = cast(
+                tuple[int, dict[bytes, bytes]], self.client.hscan(key, cursor, count=READ_BATCH)
+            )
+            for raw_field, value in chunk.items():
+                yield raw_field.decode(), value
+            if cursor == 0:
+                return
 
     def _previous_meta_key(self, base: VersionMeta | None, meta: VersionMeta) -> str:
         # With no previous version the script ignores this key; it must still be in the slot.

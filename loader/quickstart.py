@@ -1,6 +1,6 @@
 """Load the demo export set into an empty store, for ``settlement-gateway serve --demo``.
 
-It goes through the same ``sync_file`` path as an operator's load, so the quick start
+It goes through the same ``sync_files`` path as an operator's load (all files, one version), so the quick start
 exercises the real loader; a store that already has a live version is left alone.
 """
 
@@ -15,7 +15,7 @@ from gateway.keys import Keys
 from gateway.redis_client import sync_client
 from loader.demo import DemoSet, load_order
 from loader.publish import Publisher
-from loader.sync import Outcome, SyncOptions, sync_file
+from loader.sync import FileSpec, Outcome, SyncOptions, sync_files
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,14 @@ def ensure_demo_data(url: str, settings: Settings, staff: int = 2000) -> str | N
         today = dt.datetime.now(dt.timezone(dt.timedelta(hours=8))).date()
         out_dir: Path = settings.state_dir / "demo"
         paths = DemoSet(today, staff).write(out_dir)
-        version = None
-        for kind, path in load_order(paths):
-            result = sync_file(path, publisher, SyncOptions(kind=kind, shapes=settings.shapes))
-            if result.outcome not in (Outcome.PUBLISHED, Outcome.PUBLISHED_WITH_REJECTS):
-                raise RuntimeError(f"demo data {path} did not load: {result.message}")
-            version = result.data_version
-            log.info("demo data loaded", extra={"kind": kind, "rows": result.rows, "path": str(path)})
-        return version
+        specs = [FileSpec(path) for _, path in load_order(paths)]
+        done = sync_files(specs, publisher, SyncOptions(shapes=settings.shapes))
+        if done.outcome not in (Outcome.PUBLISHED, Outcome.PUBLISHED_WITH_REJECTS):
+            raise RuntimeError(f"demo data did not load: {done.message}")
+        for result in done.files:
+            log.info(
+                "demo data loaded", extra={"kind": result.kind, "rows": result.rows, "path": result.path}
+            )
+        return done.data_version
     finally:
         client.close()

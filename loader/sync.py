@@ -17,8 +17,8 @@ import gc
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,13 @@ import orjson
 
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
 from gateway.versions import Source, VersionMeta
-from loader import build, report
+from loader import build, guards, report
 from loader.columns import CANONICAL, KINDS, ColumnMapping, detect_kind, required_columns
 from loader.progress import NoProgress, Progress
-from loader.publish import Publisher
+from loader.publish import DeltaPart, FullPart, Publisher
 from loader.reading import FileFormatError, Table, open_table, scan_file
 from loader.rows import WHOLE_ROW, RowError, RowValidator
+from loader.state import CountsFile, PublishedCounts
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,14 @@ class SyncOptions:
     keep_names: bool = False
     # Refuse when more than this share of rows is bad.
     max_bad_ratio: float = 0.10
-    # Refuse a full export that would drop more than this share of the live records.
+    # Refuse a change that would take away more than this share of the live records (of the
+    # last published ones when the store has no live version); department files: stops.
     max_shrink_ratio: float = 0.20
+    # Publish a version lacking staff or institutions (``--force`` does too). The gateway will
+    # not serve it: for building a version one kind at a time, the other kind coming next.
+    allow_incomplete: bool = False
+    # Where the last published counts are kept outside the store (None: not kept).
+    state: CountsFile | None = None
 
 
 @dataclass
@@ -179,46 +186,85 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True)
+class FileSpec:
+    """One file of a publish, and whether it is a delta."""
+
+    path: Path
+    delta: bool = False
+
+
+@dataclass
+class SetResult:
+    """The outcome of one publish of one or several files: one data version, or none."""
+
+    outcome: Outcome
+    message: str
+    files: list[SyncResult]
+    data_version: str | None = None
+    forced: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.name.lower(),
+            "exit_code": int(self.outcome),
+            "message": self.message,
+            "data_version": self.data_version,
+            "forced": list(self.forced),
+            "seconds": self.seconds,
+            "phases": dict(self.phases),
+            "files": [f.to_json() for f in self.files],
+        }
+
+
+@dataclass
+class _Prepared:
+    """A file read and validated, waiting to be published with the others of its set."""
+
+    result: SyncResult
+    kind: str
+    mode: str
+    groups: dict[str, list[Any]]
+    errors: int
+    source: Source
+
+
 def sync_file(
     path: Path,
     publisher: Publisher,
     options: SyncOptions,
     progress: Progress | None = None,
 ) -> SyncResult:
-    with _collector_paused():
-        return _sync(path, publisher, options, progress)
+    """Publish one file (``options.delta`` says whether it is a delta) as a new version."""
+    done = sync_files([FileSpec(path, options.delta)], publisher, options, progress)
+    return done.files[0]
 
 
-def _sync(
-    path: Path,
+def sync_files(
+    specs: Sequence[FileSpec],
     publisher: Publisher,
     options: SyncOptions,
-    progress: Progress | None,
-) -> SyncResult:
-    started = time.monotonic()
-    bar = progress or NoProgress()
-    mode = "delta" if options.delta else "full"
+    progress: Progress | None = None,
+) -> SetResult:
+    """Publish all ``specs`` as one data version (at most one file per kind), or nothing."""
+    with _collector_paused():
+        return _sync_set(specs, publisher, options, progress or NoProgress())
+
+
+def _prepare(
+    spec: FileSpec, base: VersionMeta | None, options: SyncOptions, bar: Progress
+) -> tuple[SyncResult, _Prepared | None]:
+    """Read and validate one file, write its report and apply the bad-row guard. Returns its
+    result and, unless it was refused or is already live, what to publish."""
+    path = spec.path
+    mode = "delta" if spec.delta else "full"
     result = SyncResult(str(path), Outcome.FAILED, "", mode=mode)
-    lap = started
 
-    def phase_done(name: str) -> None:
-        nonlocal lap
-        now = time.monotonic()
-        result.phases[name] = round(now - lap, 3)
-        lap = now
-
-    def finish(outcome: Outcome, message: str) -> SyncResult:
-        bar.close()
-        result.outcome = outcome
-        result.message = message
-        result.seconds = round(time.monotonic() - started, 3)
-        level = logging.WARNING if outcome in (Outcome.REFUSED, Outcome.FAILED) else logging.INFO
-        log.log(
-            level,
-            "sync finished",
-            extra={"path": str(path), "outcome": outcome.name.lower(), "detail": message},
-        )
-        return result
+    def refused(message: str) -> tuple[SyncResult, None]:
+        result.outcome, result.message = Outcome.REFUSED, message
+        return result, None
 
     try:
         if not path.is_file():
@@ -226,57 +272,50 @@ def _sync(
         facts = scan_file(path)
         table = open_table(path, facts)
     except (FileFormatError, OSError) as exc:
-        return finish(Outcome.REFUSED, f"cannot read the file: {exc}")
+        return refused(f"cannot read the file: {exc}")
     result.encoding, result.format, result.sha256 = table.encoding, table.format, facts.sha256
     headers = [options.mapping.canonical(h) for h in table.headers]
     kind = options.kind or detect_kind(headers)
     if kind is None or kind not in KINDS:
-        return finish(
-            Outcome.REFUSED,
+        return refused(
             "cannot tell the file kind from its header row "
-            f"({', '.join(h for h in headers if h)}); pass --kind staff|institution|department",
+            f"({', '.join(h for h in headers if h)}); pass --kind staff|institution|department"
         )
     detected = detect_kind(headers)
     if options.kind and detected and detected != options.kind:
-        return finish(
-            Outcome.REFUSED,
-            f"--kind {options.kind} given, but the header row is a {detected} export's; nothing loaded",
+        return refused(
+            f"--kind {options.kind} given, but the header row is a {detected} export's; nothing loaded"
         )
     result.kind = kind
-    missing = [h for h in required_columns(kind, options.delta) if h not in headers]
+    missing = [h for h in required_columns(kind, spec.delta) if h not in headers]
     if missing:
-        return finish(Outcome.REFUSED, f"the header row lacks required column(s): {', '.join(missing)}")
+        return refused(f"the header row lacks required column(s): {', '.join(missing)}")
     duplicated = sorted({h for h in headers if h and headers.count(h) > 1})
     if duplicated:
-        return finish(Outcome.REFUSED, f"columns appear twice (after aliases): {', '.join(duplicated)}")
+        return refused(f"columns appear twice (after aliases): {', '.join(duplicated)}")
     unknown = [h for h in headers if h and h not in CANONICAL[kind]]
     if unknown:
         log.info("ignoring unknown columns", extra={"columns": unknown})
 
-    fingerprint = result.options = options_fingerprint(kind, options)
-    base = publisher.live_meta()
+    fingerprint = result.options = options_fingerprint(kind, replace(options, delta=spec.delta))
     if already_loaded(base, kind, mode, facts.sha256, fingerprint):
         result.unchanged = True
         result.data_version = base.version if base else None
+        result.outcome = Outcome.PUBLISHED
+        result.message = f"already loaded (sha256 {facts.sha256[:12]}…, same options): nothing changed"
         log.info("file already loaded", extra={"path": str(path), "sha256": facts.sha256})
-        return finish(
-            Outcome.PUBLISHED,
-            f"already loaded (sha256 {facts.sha256[:12]}…, same options): nothing changed",
-        )
+        return result, None
     if _loaded_otherwise(base, kind, facts.sha256):
         log.info(
             "file loaded before with other options: loading it again",
             extra={"path": str(path), "sha256": facts.sha256},
         )
 
-    validator = RowValidator(
-        kind, headers, options.shapes, options.mapping, options.delta, options.keep_names
-    )
+    validator = RowValidator(kind, headers, options.shapes, options.mapping, spec.delta, options.keep_names)
     try:
         groups, errors = _validate(table, validator, bar)
     except FileFormatError as exc:
-        return finish(Outcome.REFUSED, f"cannot read the file: {exc}")
-    phase_done("read")
+        return refused(f"cannot read the file: {exc}")
     result.rejected = len(errors)
     result.accepted = sum(map(len, groups.values()))
     result.rows = result.accepted + result.rejected
@@ -289,75 +328,273 @@ def _sync(
         report_path.unlink(missing_ok=True)  # an earlier run's report of this file is stale now
 
     if result.rows == 0:
-        return finish(Outcome.REFUSED, "the file has a header but no data rows")
+        return refused("the file has a header but no data rows")
     bad_ratio = len(errors) / result.rows
     if bad_ratio > options.max_bad_ratio:
         if not options.force:
-            return finish(
-                Outcome.REFUSED,
+            return refused(
                 f"{len(errors)} of {result.rows} rows are bad ({bad_ratio:.1%} > "
-                f"{options.max_bad_ratio:.0%}); see {result.report}; --force publishes anyway",
+                f"{options.max_bad_ratio:.0%}); see {result.report}; --force publishes anyway"
             )
         result.forced.append(f"bad rows {bad_ratio:.1%} > {options.max_bad_ratio:.0%}")
-
     source = Source(
         kind, str(path.resolve()), facts.sha256, mode, result.rows, len(errors), time.time(), fingerprint
     )
+    return result, _Prepared(result, kind, mode, groups, len(errors), source)
+
+
+def _sync_set(
+    specs: Sequence[FileSpec], publisher: Publisher, options: SyncOptions, bar: Progress
+) -> SetResult:
+    started = time.monotonic()
+    lap = started
+    phases: dict[str, float] = {}
+
+    def phase_done(name: str) -> None:
+        nonlocal lap
+        now = time.monotonic()
+        phases[name] = round(now - lap, 3)
+        lap = now
+
+    results: list[SyncResult] = []
+    forced: list[str] = []
+
+    def finish(outcome: Outcome, message: str, version: str | None = None) -> SetResult:
+        bar.close()
+        seconds = round(time.monotonic() - started, 3)
+        for r in results:
+            if not (r.unchanged and outcome is Outcome.PUBLISHED):
+                r.outcome = (
+                    outcome
+                    if outcome is not Outcome.PUBLISHED_WITH_REJECTS or r.rejected
+                    else Outcome.PUBLISHED
+                )
+            if version is not None and not r.unchanged:
+                r.data_version = version
+            r.message = r.message if len(results) > 1 and r.message else message
+            r.seconds, r.phases = seconds, dict(phases)
+            r.forced = [*r.forced, *(f for f in forced if f not in r.forced)]
+        if len(results) == 1:
+            results[0].message = message
+        level = (
+            logging.WARNING if outcome in (Outcome.REFUSED, Outcome.FAILED, Outcome.USAGE) else logging.INFO
+        )
+        log.log(
+            level,
+            "sync finished",
+            extra={"paths": [r.path for r in results], "outcome": outcome.name.lower(), "detail": message},
+        )
+        return SetResult(outcome, message, results, version, forced, seconds, dict(phases))
+
+    base = publisher.live_meta()
+    prepared: list[_Prepared] = []
+    for spec in specs:
+        result, ready = _prepare(spec, base, options, bar)
+        results.append(result)
+        if ready is not None:
+            prepared.append(ready)
+    phase_done("read")
+
+    refused = [r for r in results if r.outcome is Outcome.REFUSED]
+    if refused:
+        if len(results) == 1:
+            return finish(Outcome.REFUSED, refused[0].message)
+        return finish(
+            Outcome.REFUSED,
+            "; ".join(f"{Path(r.path).name}: {r.message}" for r in refused) + " — nothing was published",
+        )
+    by_kind: dict[str, list[str]] = {}
+    for r in results:
+        by_kind.setdefault(r.kind or "?", []).append(Path(r.path).name)
+    repeated = {kind: names for kind, names in by_kind.items() if len(names) > 1}
+    if repeated:
+        named = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in repeated.items())
+        return finish(
+            Outcome.USAGE,
+            f"one file per kind makes a version, but several were given ({named}): sync them one after another",
+        )
+    if not prepared:
+        version = base.version if base else None
+        return finish(
+            Outcome.PUBLISHED,
+            results[0].message if len(results) == 1 else "all files already loaded: nothing changed",
+            version,
+        )
+
     with publisher.lock():
         base = publisher.live_meta()
-        if already_loaded(base, kind, mode, facts.sha256, fingerprint):  # loaded meanwhile by another run
-            result.unchanged = True
-            result.data_version = base.version if base else None
-            return finish(Outcome.PUBLISHED, "already loaded by another run: nothing changed")
-        if options.delta:
-            live = publisher.live_records(kind, list(groups), base)
-            changes = build.delta_records(kind, groups, live)
-            del groups
-            result.records = len(changes)
-            phase_done("build")
-            meta = publisher.publish_delta(kind, changes, live, source, base, _writing(bar))
-        else:
-            refusal = _shrink_refusal(kind, len(groups), base, options, result)
-            if refusal:
-                return finish(Outcome.REFUSED, refusal)
-            result.records = len(groups)
-            meta = publisher.publish_full(
-                kind, build.encode_full(kind, groups), source, base, len(groups), _writing(bar)
+        still = []
+        for p in prepared:
+            if already_loaded(base, p.kind, p.mode, p.source.sha256, p.source.options):  # loaded meanwhile
+                p.result.unchanged = True
+                p.result.message = "already loaded by another run: nothing changed"
+            else:
+                still.append(p)
+        if not still:
+            return finish(
+                Outcome.PUBLISHED,
+                "already loaded by another run: nothing changed",
+                base.version if base else None,
             )
-            del groups
+        plan = _Plan(publisher, base, options)
+        parts = [plan.part(p) for p in still]
+        if any(isinstance(part, DeltaPart) for part in parts):
+            phase_done("build")  # a full export is encoded as it is written: part of "publish"
+        refusal = plan.refusal(forced)
+        if refusal:
+            return finish(Outcome.REFUSED, f"{refusal}; nothing was published; --force publishes anyway")
+        writing = _writing(bar)
+        if len(parts) == 1 and isinstance(parts[0], DeltaPart):
+            (only,) = still
+            meta = publisher.publish_delta(
+                only.kind, parts[0].changes, plan.live[only.kind], only.source, base, writing
+            )
+        else:
+            meta = publisher.publish_set(parts, base, writing)
+        del parts, still, prepared, plan
         phase_done("publish")
         publisher.collect_garbage()
-    if result.forced:
+        _remember(publisher, options, meta)
+    if forced or any(r.forced for r in results):
         log.warning(
             "published with --force: guards overridden",
-            extra={"path": str(path), "overridden": result.forced},
+            extra={
+                "paths": [r.path for r in results],
+                "overridden": forced + [f for r in results for f in r.forced],
+            },
         )
-    result.data_version = meta.version
-    forced = f" (FORCED past: {'; '.join(result.forced)})" if result.forced else ""
-    if errors:
+    all_forced = forced + [f for r in results for f in r.forced if f not in forced]
+    note = f" (FORCED past: {'; '.join(all_forced)})" if all_forced else ""
+    rejected = [r for r in results if r.rejected]
+    if rejected:
+        reports = ", ".join(str(r.report) for r in rejected)
+        count = sum(r.rejected for r in rejected)
         return finish(
             Outcome.PUBLISHED_WITH_REJECTS,
-            f"published {meta.version}{forced}; {len(errors)} row(s) rejected, see {result.report}",
+            f"published {meta.version}{note}; {count} row(s) rejected, see {reports}",
+            meta.version,
         )
-    return finish(Outcome.PUBLISHED, f"published {meta.version}{forced}")
+    return finish(Outcome.PUBLISHED, f"published {meta.version}{note}", meta.version)
 
 
-def _shrink_refusal(
-    kind: str, records: int, base: VersionMeta | None, options: SyncOptions, result: SyncResult
-) -> str | None:
-    """Why a full export must not replace the live table (a truncated download), if it must not."""
-    live_count = base.counts.get(kind) if base else None
-    result.live_records_before = live_count
-    if kind == "department" or not live_count or records >= live_count * (1 - options.max_shrink_ratio):
-        return None
-    drop = f"a drop of more than {options.max_shrink_ratio:.0%}"
-    if options.force:
-        result.forced.append(f"{kind} records {live_count} -> {records} ({drop})")
-        return None
-    return (
-        f"a full {kind} export with {records} records would replace {live_count} "
-        f"live ones ({drop}): truncated download? --force publishes anyway"
-    )
+class _Plan:
+    """The changes of one publish, measured against the reference for the guards."""
+
+    def __init__(self, publisher: Publisher, base: VersionMeta | None, options: SyncOptions) -> None:
+        self.publisher = publisher
+        self.base = base
+        self.options = options
+        self.changes: list[guards.Change] = []
+        # The live records a delta replaces, by kind (for its new count).
+        self.live: dict[str, dict[str, bytes | None]] = {}
+        self._live_stops: set[guards.Stop] | None = None
+        self.reference = self._reference()
+
+    def _reference(self) -> guards.Reference:
+        """Per kind: the live version's count when it has that kind, else the count the last
+        publish left on disk (the store lost its data, or a forced publish left it out)."""
+        counts: dict[str, int] = {}
+        origins: dict[str, str] = {}
+        state = self.options.state
+        kept = state.read() if state is not None else None
+        if kept is not None and state is not None:
+            origin = (
+                f"the last version published ({kept.version}, as kept in {state.path}; "
+                "the store has no live table of this kind)"
+            )
+            for kind, count in kept.counts.items():
+                counts[kind], origins[kind] = count, origin
+            counts["department"], origins["department"] = kept.department_stops, origin
+        base = self.base
+        if base is not None:
+            for kind in base.tables:
+                counts[kind] = int(base.counts.get(kind, 0))
+                origins[kind] = f"the live version {base.version}"
+            if "department" in base.tables:
+                counts["department"] = len(self.live_stops())
+        return guards.Reference(counts, origins)
+
+    def live_stops(self) -> set[guards.Stop]:
+        if self._live_stops is None:
+            table = self.base.tables.get("department") if self.base else None
+            self._live_stops = guards.stops_of(self.publisher.table_records("department", table))
+        return self._live_stops
+
+    def part(self, p: _Prepared) -> FullPart | DeltaPart:
+        """What ``p`` publishes, with its change noted for the guards."""
+        result = p.result
+        before = int(self.base.counts.get(p.kind, 0)) if self.base else 0
+        result.live_records_before = before if self.base and p.kind in self.base.tables else None
+        if p.mode == "delta":
+            live = self.publisher.live_records(p.kind, list(p.groups), self.base)
+            changes = build.delta_records(p.kind, p.groups, live)
+            p.groups = {}
+            self.live[p.kind] = live
+            added = sum(1 for k, v in changes.items() if v is not None and live.get(k) is None)
+            removed = sum(1 for k, v in changes.items() if v is None and live.get(k) is not None)
+            result.records = len(changes)
+            if p.kind == "department":
+                was, now = guards.stops_of(live.items()), guards.stops_of(changes.items())
+                gone, examples = guards.stops_gone(was, now)
+                after = self.reference.counts.get("department", 0) - len(was) + len(now)
+                self.changes.append(guards.Change(p.kind, "delta", after, gone, examples))
+            else:
+                gone_codes = tuple(k for k, v in changes.items() if v is None and live.get(k) is not None)[:3]
+                self.changes.append(
+                    guards.Change(p.kind, "delta", before + added - removed, removed, gone_codes)
+                )
+            return DeltaPart(p.kind, p.source, changes, added - removed)
+        result.records = len(p.groups)
+        if p.kind == "department":
+            records = dict(build.encode_full(p.kind, p.groups))
+            p.groups = {}
+            now_stops = guards.stops_of(records.items())
+            gone, examples = guards.stops_gone(self.live_stops() if self.base else set(), now_stops)
+            self.changes.append(guards.Change(p.kind, "full", len(now_stops), gone, examples))
+            return FullPart(p.kind, p.source, records.items(), len(records))
+        self.changes.append(guards.Change(p.kind, "full", len(p.groups)))
+        total = len(p.groups)
+        records_stream = build.encode_full(p.kind, p.groups)
+        p.groups = {}
+        return FullPart(p.kind, p.source, records_stream, total)
+
+    def refusal(self, forced: list[str]) -> str | None:
+        """Why the publish must not go ahead, if it must not; with ``--force``, every guard
+        overridden is noted in ``forced`` instead."""
+        present = {c.kind for c in self.changes} | set(self.base.tables if self.base else ())
+        absent = [guards.Change(k, "absent", 0) for k in self.reference.counts if k not in present]
+        reasons = [
+            r
+            for change in [*self.changes, *absent]
+            if (r := guards.shrink_refusal(change, self.reference, self.options.max_shrink_ratio))
+        ]
+        before = {k: int(self.base.counts.get(k, 0)) for k in self.base.tables} if self.base else {}
+        missing = guards.missing_kinds(before, self.changes)
+        if missing and self.options.allow_incomplete:
+            log.info("publishing an incomplete version, as allowed", extra={"missing": missing})
+        elif missing:
+            reasons.append(guards.completeness_refusal(missing))
+        if not reasons:
+            return None
+        if self.options.force:
+            forced.extend(note for note, _ in reasons)
+            return None
+        return "; ".join(refusal for _, refusal in reasons)
+
+
+def _remember(publisher: Publisher, options: SyncOptions, meta: VersionMeta) -> None:
+    """Keep the counts now live outside the store (``loader.state``), for the shrink guard
+    of the first publish after the store loses its data."""
+    if options.state is None:
+        return
+    stops = guards.stops_of(publisher.table_records("department", meta.tables.get("department")))
+    try:
+        options.state.write(PublishedCounts(dict(meta.counts), len(stops), meta.version, meta.as_of))
+    except OSError as exc:
+        log.error(
+            "could not keep the published counts: the shrink guard will not survive losing the store",
+            extra={"path": str(options.state.path), "error": str(exc)},
+        )
 
 
 def _writing(bar: Progress) -> Callable[[int, int], None]:

@@ -34,11 +34,12 @@ def write_csv(
 
 
 def load_into(url: str, tmp_path: Path, kind: str, rows: list[list[str]]) -> str:
-    """Write ``rows`` as a ``kind`` export and sync it into the Redis at ``url``; the version."""
+    """Write ``rows`` as a ``kind`` export and sync it into the Redis at ``url``; the version.
+    Tests build versions one kind at a time: the completeness guard is waived."""
     client = redis.Redis.from_url(url)
     try:
         path = write_csv(tmp_path / f"{kind}.csv", HEADERS[kind], rows)
-        result = sync_file(path, Publisher(client, Keys()), SyncOptions(kind=kind))  # type: ignore[arg-type]
+        result = sync_file(path, Publisher(client, Keys()), SyncOptions(kind=kind, allow_incomplete=True))  # type: ignore[arg-type]
         assert result.outcome == 0, result.message
         return str(result.data_version)
     finally:

@@ -84,10 +84,10 @@ def test_loader_and_gateway_on_the_embedded_store(tmp_path: Path) -> None:
     env = base_env(tmp_path)
     demo = run_loader("demo-data", str(tmp_path / "demo"), "--staff", "50", env=env)
     assert demo.returncode == 0, demo.stderr
-    for name in ("institutions", "departments", "staff"):
-        result = run_loader("sync", str(tmp_path / "demo" / f"{name}.csv"), "--json", env=env)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert orjson.loads(result.stdout)["outcome"] == "published"
+    files = [str(tmp_path / "demo" / f"{name}.csv") for name in ("institutions", "departments", "staff")]
+    result = run_loader("sync", *files, "--json", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert orjson.loads(result.stdout)["outcome"] == "published"
     proc, port = start_gateway(env)
     try:
         ready = wait_ready(proc)

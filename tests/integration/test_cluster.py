@@ -121,7 +121,10 @@ async def test_publish_and_validate_on_a_cluster(
     for kind, rows in (("institution", [institution_row()]),
                        ("staff", [staff_row(), staff_row(code="D330902000002", status="中止", start="2026-03-01")])):  # fmt: skip
         path = write_csv(tmp_path / f"{kind}.csv", HEADERS[kind], rows)
-        assert sync_file(path, publisher, SyncOptions(kind=kind)).outcome is Outcome.PUBLISHED
+        assert (
+            sync_file(path, publisher, SyncOptions(allow_incomplete=True, kind=kind)).outcome
+            is Outcome.PUBLISHED
+        )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster_gateway.port}") as channel:
         stub = pb_grpc.SettlementGatewayStub(channel)
         reply = await stub.Validate(
@@ -135,7 +138,7 @@ async def test_publish_and_validate_on_a_cluster(
         delta = write_csv(
             tmp_path / "delta.csv", HEADERS["staff"], [staff_row(status="解除", start="2026-01-01")]
         )
-        result = sync_file(delta, publisher, SyncOptions(kind="staff", delta=True))
+        result = sync_file(delta, publisher, SyncOptions(allow_incomplete=True, kind="staff", delta=True))
         assert result.outcome is Outcome.PUBLISHED
         again = await stub.Validate(request(line("1")))
         assert again.verdicts[0].reason == pb.STAFF_TERMINATED

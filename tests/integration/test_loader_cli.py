@@ -31,9 +31,20 @@ def loader(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+def bare_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """The loader's environment, nothing live."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SGW_")}
     return {**base, "SGW_REDIS_URL": redis_url, "SGW_STATE_DIR": str(tmp_path / "state")}
+
+
+@pytest.fixture
+def env(bare_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The loader's environment, with the institutions live (published alone, with --force), so
+    that the tests' staff files each make a complete version."""
+    env = bare_env
+    seed = write_csv(tmp_path / "seed-institutions.csv", HEADERS["institution"], [institution_row()])
+    assert loader("sync", str(seed), "--force", env=env).returncode == 0
+    return env
 
 
 def live_staff(sync_redis: redis.Redis, code: str) -> StaffRecord | None:
@@ -152,7 +163,8 @@ def test_a_file_rerun_with_other_options_loads_again(
     assert named["exit_code"] == 0 and not named["unchanged"]
     assert live_staff(sync_redis, stopped).name == "张三"  # type: ignore[union-attr]
     status = orjson.loads(loader("status", "--json", env=env).stdout)
-    assert [(s["sha256"], s["options"]) for s in status["sources"]] == [(named["sha256"], named["options"])]
+    staff_sources = [(s["sha256"], s["options"]) for s in status["sources"] if s["kind"] == "staff"]
+    assert staff_sources == [(named["sha256"], named["options"])]
     assert f"options {named['options'][:8]}" in loader("status", env=env).stdout
 
 
@@ -165,11 +177,13 @@ def test_a_delete_only_delta_needs_no_date_columns(
     deletes.write_text("人员代码,定点机构代码,协议状态\nN330902000008,,删除\n", "utf-8")
     refused = loader("sync", str(deletes), env=env)
     assert refused.returncode == 4 and "lacks required column(s): 开始日期" in refused.stdout
-    assert loader("sync", str(deletes), "--delta", env=env).returncode == 0
+    # One of two persons goes: past the default shrink guard (20 %).
+    assert loader("sync", str(deletes), "--delta", "--max-shrink-ratio", "0.5", env=env).returncode == 0
     assert live_staff(sync_redis, "N330902000008") is None and live_staff(sync_redis, "D330902001234")
 
 
-def test_status_names_version_files_and_rejections(env: dict[str, str], tmp_path: Path) -> None:
+def test_status_names_version_files_and_rejections(bare_env: dict[str, str], tmp_path: Path) -> None:
+    env = bare_env
     assert loader("status", env=env).returncode == 1
     inst = write_csv(tmp_path / "i.csv", HEADERS["institution"], [institution_row()])
     staff = write_csv(
@@ -177,8 +191,7 @@ def test_status_names_version_files_and_rejections(env: dict[str, str], tmp_path
         HEADERS["staff"],
         [*[staff_row(code=f"D330902{i:06d}") for i in range(20)], staff_row(code="x")],
     )
-    loader("sync", str(inst), env=env)
-    synced = orjson.loads(loader("sync", str(staff), "--json", env=env).stdout)
+    synced = orjson.loads(loader("sync", str(inst), str(staff), "--json", env=env).stdout)
     status = orjson.loads(loader("status", "--json", env=env).stdout)
     assert status["data_version"] == synced["data_version"]
     assert status["counts"] == {"institution": 1, "staff": 20}
@@ -186,7 +199,7 @@ def test_status_names_version_files_and_rejections(env: dict[str, str], tmp_path
         ("institution", 1, 0),
         ("staff", 21, 1),
     ]
-    assert status["sources"][1]["sha256"] == synced["sha256"] and status["rejected"] == 1
+    assert status["sources"][1]["sha256"] == synced["files"][1]["sha256"] and status["rejected"] == 1
     text = loader("status", env=env).stdout
     assert synced["data_version"] in text and str(staff.resolve()) in text
 
@@ -243,7 +256,10 @@ def start_watch(env: dict[str, str], directory: Path, port: int) -> subprocess.P
     )  # fmt: skip
 
 
-def test_watch_loads_landed_files_in_order_and_stops_on_sigterm(env: dict[str, str], tmp_path: Path) -> None:
+def test_watch_loads_landed_files_in_order_and_stops_on_sigterm(
+    bare_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = bare_env
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     now = time.time()
@@ -361,9 +377,9 @@ def test_the_loader_yields_cpu_to_the_gateway(env: dict[str, str], tmp_path: Pat
     probe = tmp_path / "nice.py"
     probe.write_text(
         "import os, sys\nfrom loader import cli, sync\n"
-        "real = sync.sync_file\n"
+        "real = sync.sync_files\n"
         "def spy(*a, **k):\n    print('niceness', os.nice(0), file=sys.stderr)\n    return real(*a, **k)\n"
-        "cli.sync_file = spy\nraise SystemExit(cli.main(sys.argv[1:]))\n",
+        "cli.sync_files = spy\nraise SystemExit(cli.main(sys.argv[1:]))\n",
         "utf-8",
     )
     run = subprocess.run(

@@ -66,6 +66,8 @@ def live_table(publisher: Publisher, kind: str) -> str:
 
 
 # -- deltas ---------------------------------------------------------------------------------
+# These populations are tiny: removing one person is past the shrink guard (max_shrink_ratio
+# 1.0 lifts it), which tests/integration/test_guards.py covers.
 
 
 def test_institution_delta_upserts_and_deletes(
@@ -79,6 +81,7 @@ def test_institution_delta_upserts_and_deletes(
             institution_row(code=OTHER_HOSPITAL, status="删除", start=""),
         ],
         delta=True,
+        max_shrink_ratio=1.0,
     )
     assert result.outcome is Outcome.PUBLISHED
     table = live_table(publisher, "institution")
@@ -95,7 +98,7 @@ def test_department_delta_replaces_one_institution_and_leaves_the_rest(
         "department",
         [department_row("A03"), department_row("A05"), department_row("A03", institution=OTHER_HOSPITAL)],
     )
-    load("department", [department_row("A05", status="删除")], delta=True)
+    load("department", [department_row("A05", status="删除")], delta=True, max_shrink_ratio=1.0)
     table = live_table(publisher, "department")
     assert set(DepartmentActions.decode(sync_redis.hget(table, HOSPITAL) or b"").by_department) == {"A03"}
     assert set(DepartmentActions.decode(sync_redis.hget(table, OTHER_HOSPITAL) or b"").by_department) == {
@@ -121,6 +124,7 @@ def test_delta_rows_of_every_kind_apply_in_file_order(
             institution_row(code=OTHER_HOSPITAL, status="删除", start=""),
         ],
         delta=True,
+        max_shrink_ratio=1.0,
     )
     table = live_table(publisher, "institution")
     record = InstitutionRecord.decode(sync_redis.hget(table, HOSPITAL) or b"")
@@ -136,6 +140,7 @@ def test_delta_rows_of_every_kind_apply_in_file_order(
             staff_row(code=nurse, status="删除", start=""),
         ],
         delta=True,
+        max_shrink_ratio=1.0,
     )
     assert result.outcome is Outcome.PUBLISHED
     table = live_table(publisher, "staff")
@@ -148,6 +153,7 @@ def test_delta_rows_of_every_kind_apply_in_file_order(
         "department",
         [department_row("A03", status="删除", start=""), department_row("A03", start="2026-04-01")],
         delta=True,
+        max_shrink_ratio=1.0,
     )
     table = live_table(publisher, "department")
     actions = DepartmentActions.decode(sync_redis.hget(table, HOSPITAL) or b"").by_department
@@ -164,7 +170,9 @@ def test_a_delta_without_date_columns_deletes_and_rejects_only_rows_needing_a_da
     deletes = write_csv(
         tmp_path / "d.csv", header, [["D330902001234", OTHER_HOSPITAL, "删除"], [nurse, "", "删除"]]
     )
-    result = sync_file(deletes, publisher, SyncOptions(delta=True))
+    result = sync_file(
+        deletes, publisher, SyncOptions(allow_incomplete=True, delta=True, max_shrink_ratio=1.0)
+    )
     assert (result.outcome, result.rejected) == (Outcome.PUBLISHED, 0)
     table = live_table(publisher, "staff")
     assert list(StaffRecord.decode(sync_redis.hget(table, "D330902001234") or b"").by_institution) == [
@@ -173,13 +181,17 @@ def test_a_delta_without_date_columns_deletes_and_rejects_only_rows_needing_a_da
     assert sync_redis.hget(table, nurse) is None
 
     rows = [*([c, "", "删除"] for c in codes(10)), ["D330902001234", HOSPITAL, "中止"]]
-    mixed = sync_file(write_csv(tmp_path / "m.csv", header, rows), publisher, SyncOptions(delta=True))
+    mixed = sync_file(
+        write_csv(tmp_path / "m.csv", header, rows),
+        publisher,
+        SyncOptions(allow_incomplete=True, delta=True, max_shrink_ratio=1.0),
+    )
     assert (mixed.outcome, mixed.rejected, mixed.records) == (Outcome.PUBLISHED_WITH_REJECTS, 1, 10)
     report = Path(mixed.report or "").read_text(encoding="utf-8-sig").splitlines()
     assert report[1] == f"{tmp_path / 'm.csv'},12,开始日期,开始日期为空（表头中没有开始日期列）,"
     assert publisher.live_meta().counts["staff"] == 1  # type: ignore[union-attr]
 
-    full = sync_file(deletes, publisher, SyncOptions())
+    full = sync_file(deletes, publisher, SyncOptions(allow_incomplete=True))
     assert full.outcome is Outcome.REFUSED and "lacks required column(s): 开始日期" in full.message
 
 
@@ -189,12 +201,22 @@ def test_institution_and_department_deltas_without_date_columns(
     load("institution", [institution_row(), institution_row(code=OTHER_HOSPITAL)])
     load("department", [department_row("A03"), department_row("A05")])
     institutions = write_csv(tmp_path / "i.csv", ["定点机构代码", "协议状态"], [[OTHER_HOSPITAL, "删除"]])
-    assert sync_file(institutions, publisher, SyncOptions(delta=True)).outcome is Outcome.PUBLISHED
+    assert (
+        sync_file(
+            institutions, publisher, SyncOptions(allow_incomplete=True, delta=True, max_shrink_ratio=1.0)
+        ).outcome
+        is Outcome.PUBLISHED
+    )
     assert sync_redis.hget(live_table(publisher, "institution"), OTHER_HOSPITAL) is None
     departments = write_csv(
         tmp_path / "k.csv", ["定点机构代码", "科室编码", "协议状态"], [[HOSPITAL, "A05", "删除"]]
     )
-    assert sync_file(departments, publisher, SyncOptions(delta=True)).outcome is Outcome.PUBLISHED
+    assert (
+        sync_file(
+            departments, publisher, SyncOptions(allow_incomplete=True, delta=True, max_shrink_ratio=1.0)
+        ).outcome
+        is Outcome.PUBLISHED
+    )
     raw = sync_redis.hget(live_table(publisher, "department"), HOSPITAL) or b""
     assert set(DepartmentActions.decode(raw).by_department) == {"A03"}
 
@@ -210,7 +232,11 @@ def test_institution_file_with_provincial_headers_and_status_synonyms_loads(
     hospitals = [HOSPITAL, OTHER_HOSPITAL, THIRD_HOSPITAL]
     spelled = zip(hospitals, SYNONYMS, strict=True)
     rows = [[code, "测试医院", "330902", spelling, "2026/4/1", "2026-05-31"] for code, spelling in spelled]
-    result = sync_file(write_csv(tmp_path / "i.csv", header, rows), publisher, SyncOptions())
+    result = sync_file(
+        write_csv(tmp_path / "i.csv", header, rows),
+        publisher,
+        SyncOptions(allow_incomplete=True),
+    )
     assert (result.kind, result.outcome, result.records) == ("institution", Outcome.PUBLISHED, 3)
     table = live_table(publisher, "institution")
     for code, status in zip(hospitals, SYNONYMS.values(), strict=True):
@@ -225,7 +251,11 @@ def test_department_file_with_provincial_headers_and_status_synonyms_loads(
     rows = [
         [HOSPITAL, f"A0{i}", spelling, "20260401", "2026年5月31日"] for i, spelling in enumerate(SYNONYMS)
     ]
-    result = sync_file(write_csv(tmp_path / "k.csv", header, rows), publisher, SyncOptions())
+    result = sync_file(
+        write_csv(tmp_path / "k.csv", header, rows),
+        publisher,
+        SyncOptions(allow_incomplete=True),
+    )
     assert (result.kind, result.outcome, result.records) == ("department", Outcome.PUBLISHED, 1)
     raw = sync_redis.hget(live_table(publisher, "department"), HOSPITAL) or b""
     actions = DepartmentActions.decode(raw).by_department
@@ -242,10 +272,14 @@ def test_delta_of_a_kind_never_loaded_creates_its_table(load: Loader, publisher:
 
 
 def test_same_delta_twice_changes_nothing(publisher: Publisher, tmp_path: Path) -> None:
-    sync_file(staff_file(tmp_path / "full.csv", 5, "A03"), publisher, SyncOptions())
+    sync_file(
+        staff_file(tmp_path / "full.csv", 5, "A03"),
+        publisher,
+        SyncOptions(allow_incomplete=True),
+    )
     delta = write_csv(tmp_path / "d.csv", HEADERS["staff"], [staff_row(code=codes(1)[0], status="中止")])
-    first = sync_file(delta, publisher, SyncOptions(delta=True))
-    again = sync_file(delta, publisher, SyncOptions(delta=True))
+    first = sync_file(delta, publisher, SyncOptions(allow_incomplete=True, delta=True))
+    again = sync_file(delta, publisher, SyncOptions(allow_incomplete=True, delta=True))
     assert again.unchanged and again.data_version == first.data_version
     assert [s.mode for s in publisher.live_meta().sources] == ["full", "delta"]  # type: ignore[union-attr]
 
@@ -254,13 +288,19 @@ def test_big_delta_is_published_copy_on_write(
     publisher: Publisher, sync_redis: redis.Redis, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(publish, "INPLACE_DELTA_MAX", 10)
-    sync_file(staff_file(tmp_path / "full.csv", 300, "A03"), publisher, SyncOptions())
+    sync_file(
+        staff_file(tmp_path / "full.csv", 300, "A03"),
+        publisher,
+        SyncOptions(allow_incomplete=True),
+    )
     old_table = live_table(publisher, "staff")
     rows = [staff_row(code=c, department="A07") for c in codes(40)]
     rows += [staff_row(code=c, status="删除", start="") for c in codes(60)[40:]]
     rows += [staff_row(code="D330903999999")]  # a new person
     result = sync_file(
-        write_csv(tmp_path / "d.csv", HEADERS["staff"], rows), publisher, SyncOptions(delta=True)
+        write_csv(tmp_path / "d.csv", HEADERS["staff"], rows),
+        publisher,
+        SyncOptions(allow_incomplete=True, delta=True),
     )
     assert result.outcome is Outcome.PUBLISHED
     new_table = live_table(publisher, "staff")
@@ -320,18 +360,24 @@ def test_lock_of_a_dead_loader_is_taken_over_at_once(sync_redis: redis.Redis, ke
 def test_kill_minus_9_mid_publish_keeps_the_old_version_and_the_next_run_succeeds(
     redis_url: str, publisher: Publisher, sync_redis: redis.Redis, keys: Keys, tmp_path: Path
 ) -> None:
-    old = sync_file(staff_file(tmp_path / "small.csv", 50, "A03"), publisher, SyncOptions())
+    institution = write_csv(tmp_path / "i.csv", HEADERS["institution"], [institution_row()])
+    sync_file(institution, publisher, SyncOptions(allow_incomplete=True))
+    old = sync_file(
+        staff_file(tmp_path / "small.csv", 50, "A03"),
+        publisher,
+        SyncOptions(allow_incomplete=True),
+    )
     paths = DemoSet(dt.date(2026, 11, 24), 150_000).write(tmp_path / "big")
     env = {**os.environ, "SGW_REDIS_URL": redis_url, "SGW_STATE_DIR": str(tmp_path / "state")}
-    args = [str(BIN / "settlement-loader"), "sync", str(paths["staff"]), "--json"]
+    args = [str(BIN / "settlement-loader"), "sync", str(paths["institution"]), str(paths["staff"]), "--json"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         staged = b""
         while time.monotonic() < deadline and proc.poll() is None:
-            members = sync_redis.zrange(keys.staging, 0, -1)
-            if members and sync_redis.hlen(members[0]) > 1000:
-                staged = members[0]
+            big = [m for m in sync_redis.zrange(keys.staging, 0, -1) if sync_redis.hlen(m) > 1000]
+            if big:
+                staged = big[0]
                 break
             time.sleep(0.01)
         assert staged, "the publish never reached its staging writes"
@@ -362,15 +408,15 @@ def _publish_versions(publisher: Publisher, tmp_path: Path, n: int, done: thread
         for k in range(1, 9):
             path = staff_file(tmp_path / f"staff-{k}.csv", n, f"K{k}")
             if k % 4 == 2:  # an in-place delta naming everyone
-                result = sync_file(path, publisher, SyncOptions(delta=True))
+                result = sync_file(path, publisher, SyncOptions(allow_incomplete=True, delta=True))
             elif k % 4 == 3:  # a delta above the in-place limit: copy-on-write
                 saved, publish.INPLACE_DELTA_MAX = publish.INPLACE_DELTA_MAX, n // 2
                 try:
-                    result = sync_file(path, publisher, SyncOptions(delta=True))
+                    result = sync_file(path, publisher, SyncOptions(allow_incomplete=True, delta=True))
                 finally:
                     publish.INPLACE_DELTA_MAX = saved
             else:
-                result = sync_file(path, publisher, SyncOptions())
+                result = sync_file(path, publisher, SyncOptions(allow_incomplete=True))
             assert result.outcome is Outcome.PUBLISHED, result.message
             versions.append(result.data_version or "")
             publisher.collect_garbage(grace_seconds=0)  # retired tables vanish at once: worst case
@@ -388,7 +434,13 @@ async def test_store_readers_never_see_a_mixed_or_missing_record(
     redis_url: str, publisher: Publisher, keys: Keys, tmp_path: Path
 ) -> None:
     n = 4000
-    sync_file(staff_file(tmp_path / "staff-0.csv", n, "K0"), publisher, SyncOptions())
+    institution = write_csv(tmp_path / "i.csv", HEADERS["institution"], [institution_row()])
+    sync_file(institution, publisher, SyncOptions(allow_incomplete=True))
+    sync_file(
+        staff_file(tmp_path / "staff-0.csv", n, "K0"),
+        publisher,
+        SyncOptions(allow_incomplete=True),
+    )
     store = Store(async_client(redis_url, timeout=5.0), keys)
     sample = codes(n)[:: n // 200]
     done = threading.Event()
@@ -420,8 +472,12 @@ async def test_grpc_answers_during_publishes_come_from_one_version(
 ) -> None:
     n = 3000
     load_institution = write_csv(tmp_path / "i.csv", HEADERS["institution"], [institution_row()])
-    sync_file(load_institution, publisher, SyncOptions())
-    first = sync_file(staff_file(tmp_path / "s-0.csv", n, "A03", "正常"), publisher, SyncOptions())
+    sync_file(load_institution, publisher, SyncOptions(allow_incomplete=True))
+    first = sync_file(
+        staff_file(tmp_path / "s-0.csv", n, "A03", "正常"),
+        publisher,
+        SyncOptions(allow_incomplete=True),
+    )
     expected = {first.data_version: pb.ACCEPT}
     sample = codes(n)[:: n // 50]
     done = threading.Event()
@@ -431,7 +487,9 @@ async def test_grpc_answers_during_publishes_come_from_one_version(
             for k in range(1, 7):
                 status = "中止" if k % 2 else "正常"
                 result = sync_file(
-                    staff_file(tmp_path / f"s-{k}.csv", n, "A03", status), publisher, SyncOptions()
+                    staff_file(tmp_path / f"s-{k}.csv", n, "A03", status),
+                    publisher,
+                    SyncOptions(allow_incomplete=True),
                 )
                 expected[result.data_version] = pb.REJECT if status == "中止" else pb.ACCEPT
                 publisher.collect_garbage(grace_seconds=0)

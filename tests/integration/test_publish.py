@@ -48,8 +48,8 @@ def test_kinds_are_independent_tables(load: Loader, publisher: Publisher) -> Non
 
 def test_same_file_twice_changes_nothing(publisher: Publisher, tmp_path: Path) -> None:
     path = write_csv(tmp_path / "s.csv", HEADERS["staff"], [staff_row()])
-    first = sync_file(path, publisher, SyncOptions())
-    again = sync_file(path, publisher, SyncOptions())
+    first = sync_file(path, publisher, SyncOptions(allow_incomplete=True))
+    again = sync_file(path, publisher, SyncOptions(allow_incomplete=True))
     assert again.outcome is Outcome.PUBLISHED and again.unchanged
     assert again.data_version == first.data_version == publisher.live_meta().version  # type: ignore[union-attr]
 
@@ -58,27 +58,33 @@ def test_same_file_with_other_code_shapes_loads_again(publisher: Publisher, tmp_
     local = "D3309020012345"  # a province's 13-digit sequence: not the national shape
     rows = [*staff_population(10), staff_row(code=local)]
     path = write_csv(tmp_path / "s.csv", HEADERS["staff"], rows)
-    national = sync_file(path, publisher, SyncOptions())
+    national = sync_file(path, publisher, SyncOptions(allow_incomplete=True))
     assert national.outcome is Outcome.PUBLISHED_WITH_REJECTS
     shapes = CodeShapes.from_patterns(staff=r"D\d{12,13}")
-    widened = sync_file(path, publisher, SyncOptions(shapes=shapes))
+    widened = sync_file(path, publisher, SyncOptions(allow_incomplete=True, shapes=shapes))
     assert widened.outcome is Outcome.PUBLISHED and not widened.unchanged
     assert publisher.live_meta().counts["staff"] == 11  # type: ignore[union-attr]
-    assert sync_file(path, publisher, SyncOptions(shapes=shapes)).unchanged
+    assert sync_file(path, publisher, SyncOptions(allow_incomplete=True, shapes=shapes)).unchanged
 
 
 def test_same_delta_with_another_mapping_loads_again(
     publisher: Publisher, sync_redis: redis.Redis, keys: Keys, tmp_path: Path
 ) -> None:
-    sync_file(write_csv(tmp_path / "full.csv", HEADERS["staff"], [staff_row()]), publisher, SyncOptions())
+    sync_file(
+        write_csv(tmp_path / "full.csv", HEADERS["staff"], [staff_row()]),
+        publisher,
+        SyncOptions(allow_incomplete=True),
+    )
     rows = [staff_row(status="停用", start="2026-03-01"), staff_row(code="D330902000002")]
     delta = write_csv(tmp_path / "d.csv", HEADERS["staff"], rows)
-    first = sync_file(delta, publisher, SyncOptions(delta=True, max_bad_ratio=0.5))
+    first = sync_file(delta, publisher, SyncOptions(allow_incomplete=True, delta=True, max_bad_ratio=0.5))
     assert first.outcome is Outcome.PUBLISHED_WITH_REJECTS and first.rejected == 1
     mapping = ColumnMapping(statuses={**STATUS_SYNONYMS, "停用": Status.SUSPENDED})
-    mapped = sync_file(delta, publisher, SyncOptions(delta=True, mapping=mapping))
+    mapped = sync_file(delta, publisher, SyncOptions(allow_incomplete=True, delta=True, mapping=mapping))
     assert mapped.outcome is Outcome.PUBLISHED and not mapped.unchanged
-    assert sync_file(delta, publisher, SyncOptions(delta=True, mapping=mapping)).unchanged
+    assert sync_file(
+        delta, publisher, SyncOptions(allow_incomplete=True, delta=True, mapping=mapping)
+    ).unchanged
     table = keys.table("staff", publisher.live_meta().tables["staff"])  # type: ignore[union-attr]
     assert StaffRecord.decode(sync_redis.hget(table, DOCTOR) or b"").periods[0].status is Status.SUSPENDED
 
@@ -87,7 +93,7 @@ def test_versions_recorded_without_an_options_fingerprint_still_read(
     publisher: Publisher, sync_redis: redis.Redis, keys: Keys, tmp_path: Path
 ) -> None:
     path = write_csv(tmp_path / "s.csv", HEADERS["staff"], [staff_row()])
-    first = sync_file(path, publisher, SyncOptions())
+    first = sync_file(path, publisher, SyncOptions(allow_incomplete=True))
     meta_key = keys.version_meta(first.data_version or "")
     legacy = orjson.loads(sync_redis.hget(meta_key, "sources") or b"[]")
     for source in legacy:
@@ -96,7 +102,9 @@ def test_versions_recorded_without_an_options_fingerprint_still_read(
     meta = publisher.live_meta()
     assert meta is not None and meta.sources[0].options == "" and meta.sources[0].sha256 == first.sha256
     assert "options -" in render_status(live_status(publisher))
-    reloaded = sync_file(path, publisher, SyncOptions())  # options unknown: loaded again, not skipped
+    reloaded = sync_file(
+        path, publisher, SyncOptions(allow_incomplete=True)
+    )  # options unknown: loaded again, not skipped
     assert reloaded.outcome is Outcome.PUBLISHED and not reloaded.unchanged
     assert publisher.live_meta().sources[0].options == reloaded.options  # type: ignore[union-attr]
 
@@ -141,6 +149,7 @@ def test_delta_upserts_and_deletes_atomically(
             staff_row(code="D330902000002", status="删除", start=""),
         ],
         delta=True,
+        max_shrink_ratio=0.5,  # one of two persons goes: past the default shrink guard
     )
     assert result.outcome is Outcome.PUBLISHED
     meta = publisher.live_meta()
