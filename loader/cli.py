@@ -225,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"settlement-loader: --mapping: {exc}", file=sys.stderr)
             return int(Outcome.USAGE)
     if args.command == "sync":
+        if args.report and len(args.paths) > 1:
+            print("settlement-loader: --report names one file's report; with several files each "
+                  "report goes beside its input", file=sys.stderr)  # fmt: skip
+            return int(Outcome.USAGE)
         for path in args.paths:
             if not path.is_file():
                 # A path that names no file is a mistake in the command, not a file to refuse.

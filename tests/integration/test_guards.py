@@ -18,6 +18,8 @@ import xlsxwriter
 from gateway.keys import Keys
 from gateway.records import DepartmentActions
 from gateway.versions import VersionMeta
+from loader.publish import Publisher
+from loader.sync import FileSpec, Outcome, SyncOptions, sync_files
 from tests.conftest import free_port
 from tests.exports import (
     HEADERS,
@@ -108,6 +110,31 @@ def test_sync_publishes_every_file_given_as_one_version(
     usage = loader("sync", str(staff), str(two), env=env)
     assert usage.returncode == 2 and "one file per kind" in usage.stdout
     assert sync_redis.llen(KEYS.history) == 1
+
+
+def test_a_set_may_mix_full_exports_and_deltas(
+    publisher: Publisher, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    institutions, _, staff = a_set(tmp_path)
+    done = sync_files([FileSpec(institutions), FileSpec(staff)], publisher, SyncOptions())
+    assert done.outcome is Outcome.PUBLISHED, done.message
+    more_institutions = write_csv(
+        tmp_path / "i2.csv",
+        HEADERS["institution"],
+        [institution_row(), institution_row(code=OTHER_HOSPITAL), institution_row(code="H33090400035")],
+    )
+    delta = write_csv(tmp_path / "staff-delta.csv", HEADERS["staff"], [staff_row(code="N330902000008")])
+    mixed = sync_files([FileSpec(more_institutions), FileSpec(delta, delta=True)], publisher, SyncOptions())
+    assert mixed.outcome is Outcome.PUBLISHED, mixed.message
+    meta = live_meta(sync_redis)
+    assert meta is not None and meta.version == mixed.data_version
+    assert dict(meta.counts) == {"institution": 3, "staff": 51}  # the delta applied to a copy
+    assert [(Path(s.path).name, s.mode) for s in meta.sources] == [
+        ("staff.csv", "full"),
+        ("i2.csv", "full"),
+        ("staff-delta.csv", "delta"),
+    ]
+    assert sync_redis.zcard(KEYS.staging) == 0 and sync_redis.llen(KEYS.history) == 2
 
 
 def test_one_bad_file_refuses_the_whole_set(
