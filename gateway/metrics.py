@@ -257,12 +257,13 @@ class GatewayMetrics:
         )  # fmt: skip
         self.audit_records = Counter(
             "sgw_audit_records_total",
-            "Audit records (rejected, exempted or outage-paid lines): written, or dropped "
-            "because the queue was full while Redis was unreachable.",
+            "Audit records (rejected, exempted or outage-paid lines): written, dropped "
+            "because the queue was full while Redis was unreachable, or replayed from the spool "
+            "a stopped gateway left.",
             ["result"],
             registry=registry,
         )
-        for result in ("written", "dropped"):
+        for result in ("written", "dropped", "replayed"):
             self.audit_records.labels(result)
 
     def _declare_redis(self, registry: CollectorRegistry) -> None:
