@@ -157,6 +157,8 @@ class RedisCallTimer:
 
 # Read in C by Counter, so counting codes costs no Python step per line.
 _staff_code = attrgetter("staff_code")
+# The one staff_code label value for every code of no valid shape (sgw_staff_code_share).
+MALFORMED_CODE_LABEL = "(malformed)"
 
 
 class GatewayMetrics:
@@ -317,6 +319,11 @@ class GatewayMetrics:
         count = Tally(map(id, decisions))
         codes = Tally(map(_staff_code, lines))
         codes.pop("", None)
+        is_staff_code = self.config.shapes.is_staff_code
+        malformed = [code for code in codes if not is_staff_code(code)]
+        if malformed:
+            # Never a label: a code of no valid shape may be an ID number typed into the field.
+            codes[MALFORMED_CODE_LABEL] = sum(codes.pop(code) for code in malformed)
         decision_of: dict[int, Decision] = {}
         charged: dict[int, int] = {}
         refunded: dict[int, int] = {}

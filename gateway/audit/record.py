@@ -146,6 +146,14 @@ def documents(
         periods = (
             {} if evidence is None else compact_periods(consulted_periods_by_source(line, evidence, config))
         )
+        staff_code = safe_staff_code(line.staff_code, shapes)
+        department_code = safe_department_code(line.department_code)
+        detail = decision.detail
+        # The detail quotes the codes as sent: masked there too.
+        if staff_code != line.staff_code:
+            detail = detail.replace(line.staff_code, staff_code)
+        if department_code != line.department_code:
+            detail = detail.replace(line.department_code, department_code)
         docs.append(
             {
                 "time": when,
@@ -153,8 +161,8 @@ def documents(
                 "settlement_id": request.settlement_id,
                 "institution": institution,
                 "line_id": line.line_id,
-                "staff_code": safe_staff_code(line.staff_code, shapes),
-                "department_code": safe_department_code(line.department_code),
+                "staff_code": staff_code,
+                "department_code": department_code,
                 "item_code": line.item_code.strip(),
                 "service_day": format_day(line.service_day),
                 "amount_fen": line.amount_fen,
@@ -167,7 +175,7 @@ def documents(
                 "verdict": decision.verdict.name,
                 "reason": decision.reason.name,
                 "rule": decision.rule,
-                "detail": decision.detail,
+                "detail": detail,
                 "data_version": data_version,
                 "degraded": degraded,
                 "outage_policy": outage_policy if degraded else "",
