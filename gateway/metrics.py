@@ -27,7 +27,7 @@ from operator import attrgetter
 from types import TracebackType
 
 import redis.exceptions
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.breaker import BreakerOpen
 from gateway.code_share import CodeShareTracker
@@ -267,6 +267,19 @@ class GatewayMetrics:
         )
         for result in ("written", "dropped", "replayed"):
             self.audit_records.labels(result)
+        # Read off the stream by the audit writer every few seconds (gateway/audit/writer.py);
+        # "max" across the workers of one host, which all see the same stream.
+        self.audit_stream_entries = Gauge(
+            "sgw_audit_stream_entries",
+            "Entries in the audit stream: with an archive, the records it has not yet taken.",
+            registry=registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self.audit_archive_lag = Gauge(
+            "sgw_audit_archive_lag_seconds",
+            "With an archive (SGW_AUDIT_DSN): how long ago the oldest record still in the stream "
+            "was answered (0: the stream is empty). Without one: 0, the stream is capped instead.",
+            registry=registry, multiprocess_mode="max",
+        )  # fmt: skip
 
     def _declare_redis(self, registry: CollectorRegistry) -> None:
         self.redis_seconds = Histogram(

@@ -22,13 +22,14 @@ the spool for the next start. Delivery is at least once; storage in the archive 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.audit.record import RECORD_FIELD, Chain, audited_indices, documents, new_instance_id
+from gateway.audit.record import RECORD_FIELD, Chain, audited_indices, decode, documents, new_instance_id
 from gateway.audit.spool import Orphan, Spool, orphans
 from gateway.keys import Keys
 from gateway.metrics import GatewayMetrics
@@ -51,6 +52,8 @@ RETRY_MAX_SECONDS = 5.0
 WRITE_TIMEOUT_FACTOR = 4
 WRITE_TIMEOUT_MIN_SECONDS = 1.0
 DEFAULT_REDIS_TIMEOUT = 0.5
+# How often the stream's length and lag are read for the metrics.
+STREAM_WATCH_SECONDS = 5.0
 
 
 class AuditLog:
@@ -96,6 +99,7 @@ class AuditLog:
         self.write_timeout = write_timeout(client_timeout(client) if redis_timeout is None else redis_timeout)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
         # Set by stop(): write at once, no more lingering.
         self._flushing = False
 
@@ -147,6 +151,22 @@ class AuditLog:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._watch = asyncio.create_task(self._watch_stream(), name="audit-stream-watch")
+
+    async def _watch_stream(self) -> None:
+        """The stream's length and, with an archive, its lag, as gauges: what the alert rules
+        watch (an archiver that stopped lets the untrimmed stream grow in Redis's memory)."""
+        while True:
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    length, lag = await stream_state(self.client, self.key)
+                self.metrics.audit_stream_entries.set(length)
+                self.metrics.audit_archive_lag.set(lag if self.archived else 0.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis away: the gauges keep their last values
+                pass
+            await asyncio.sleep(STREAM_WATCH_SECONDS)
 
     async def stop(self, flush_seconds: float = 2.0) -> int:
         """Write what is queued (for at most ``flush_seconds``), then stop the writer.
@@ -155,6 +175,9 @@ class AuditLog:
         SIGTERM. Returns (and logs) how many audited lines were not written; they stay in the
         spool, and the next gateway started on this state directory writes them.
         """
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._task is None:
             return self.pending_lines
         self._flushing = True
@@ -283,3 +306,26 @@ def write_timeout(redis_timeout: float | None) -> float:
     """The bound on one batch write: ``WRITE_TIMEOUT_FACTOR`` Redis timeouts, at least the floor."""
     scale = redis_timeout or DEFAULT_REDIS_TIMEOUT
     return max(WRITE_TIMEOUT_MIN_SECONDS, WRITE_TIMEOUT_FACTOR * scale)
+
+
+async def stream_state(client: AsyncRedis, key: str) -> tuple[int, float]:
+    """(entries in the stream, seconds since its oldest readable record was answered)."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xlen(key)
+        pipe.xrange(key, count=1)
+        length, oldest = await pipe.execute()
+    if not oldest:
+        return int(length), 0.0
+    raw_id, fields = oldest[0]
+    raw = fields.get(RECORD_FIELD.encode())
+    try:
+        answered = parse_time(str(decode(raw)["time"])) if raw is not None else None
+    except (ValueError, TypeError, KeyError):
+        answered = None
+    if answered is None:  # not a record: its stream id is all there is
+        answered = int(raw_id.split(b"-")[0]) / 1000
+    return int(length), max(0.0, time.time() - answered)
+
+
+def parse_time(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
