@@ -361,3 +361,54 @@ async def test_audited_answers_survive_sigkill_while_redis_is_frozen(
         if store.proc is not None and store.proc.poll() is None:
             os.kill(store.proc.pid, signal.SIGCONT)
         first.stop()
+
+
+# -- Redis permissions: the gateway appends, the archiver takes --------------------------------
+
+ACL_TEMPLATE = Path(__file__).parents[2] / "deploy" / "redis" / "users.acl.template"
+
+
+def test_the_gateway_user_cannot_trim_and_the_archiver_user_archives(tmp_path: Path, dsn: str) -> None:
+    from gateway.embedded import find_redis_server
+
+    passwords = {"GATEWAY": "gw-secret", "LOADER": "ld-secret", "ARCHIVER": "ar-secret"}
+    rendered = subprocess.run(
+        [str(ACL_TEMPLATE.with_name("render-acl"))],
+        env={f"SGW_{k}_REDIS_PASSWORD": v for k, v in passwords.items()} | {"PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "user sgw-audit-archiver on #" in rendered and "#@" not in rendered
+    (tmp_path / "users.acl").write_text(rendered, encoding="utf-8")
+    port = free_port()
+    url = f"redis://{{}}:{{}}@127.0.0.1:{port}/0"
+    server = RedisProcess(
+        find_redis_server(), port, tmp_path, ("--aclfile", str(tmp_path / "users.acl")),
+        ready_url=url.format("sgw-gateway", "gw-secret"),
+    )  # fmt: skip
+    server.start()
+    try:
+        gateway = redis.Redis.from_url(url.format("sgw-gateway", "gw-secret"))
+        key = Keys().audit
+        from gateway.audit.record import Chain
+
+        chain = Chain("acl-test")
+        for i in range(3):
+            gateway.xadd(
+                key, {"r": chain.seal({"time": "2026-11-24T04:00:00.000Z", "settlement_id": f"S{i}"})}
+            )
+        for command in (("XTRIM", key, "MAXLEN", "0"), ("XDEL", key, "0-1"), ("DEL", key)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                gateway.execute_command(*command)
+        gateway.close()
+
+        archiver_url = url.format("sgw-audit-archiver", "ar-secret")
+        run("audit-archive", "--once", "--redis-url", archiver_url, "--dsn", dsn)
+        assert [r["settlement_id"] for r in archived(dsn, "--since", "2000-01-01")] == ["S0", "S1", "S2"]
+        archiver = redis.Redis.from_url(archiver_url)
+        assert archiver.xlen(key) == 0  # it deleted what it stored
+        for command in (("XADD", key, "*", "x", "y"), ("GET", "{sgw}:live"), ("DEL", key)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                archiver.execute_command(*command)
+        archiver.close()
+    finally:
+        server.stop()
