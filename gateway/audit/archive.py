@@ -306,7 +306,7 @@ def chain_rows(
             if not isinstance(doc, dict):
                 doc = {}
             columns = {"settlement_id": settlement_id, "institution": institution, "staff_code": staff_code}
-            if any(doc.get(k) != v for k, v in columns.items()):
+            if any(str(doc.get(k, "")) != v for k, v in columns.items()):
                 # The indexed columns were changed without the record: mark the hash as
                 # unmatched so ``check`` reports the row as altered.
                 stored_hash = "columns-differ-from-record"

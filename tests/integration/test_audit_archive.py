@@ -24,6 +24,7 @@ import psycopg
 import pytest
 import redis
 
+from gateway.audit.record import Chain
 from gateway.config import Settings
 from gateway.keys import Keys
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
@@ -156,6 +157,9 @@ async def test_a_flood_of_junk_bills_cannot_push_a_dispute_out(
     await validate(app, *junk)
     await until(lambda: app.audit.written == 901, timeout=30)  # type: ignore[union-attr]
     assert stream_length(redis_url) == 901  # nothing evicted while it waits for the archiver
+    # What the alert rules watch: the stream's length and the age of its oldest record.
+    await until(lambda: app.metrics.audit_stream_entries._value.get() == 901, timeout=20)
+    assert app.metrics.audit_archive_lag._value.get() >= 0
     archive(redis_url, dsn)
     [dispute] = archived(dsn, "--settlement", "MDTRT-DISPUTE")
     assert dispute["reason"] == "STAFF_SUSPENDED"
@@ -412,3 +416,30 @@ def test_the_gateway_user_cannot_trim_and_the_archiver_user_archives(tmp_path: P
         archiver.close()
     finally:
         server.stop()
+
+
+def test_an_insert_and_select_only_role_archives_and_reads(
+    postgres: PostgresServer, redis_url: str, dsn: str
+) -> None:
+    """The grants docs/audit.md gives: the archiver can store and read, never rewrite."""
+    dbname = dsn.rsplit("dbname=", 1)[1]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS sgw_archiver_test")
+        conn.execute("CREATE ROLE sgw_archiver_test LOGIN")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO sgw_archiver_test')
+        conn.execute("GRANT USAGE ON SCHEMA public TO sgw_archiver_test")
+        conn.execute(
+            "GRANT SELECT, INSERT ON audit_record, audit_version, audit_unreadable TO sgw_archiver_test"
+        )
+    limited = postgres.dsn(dbname, user="sgw_archiver_test")
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(
+        Keys().audit,
+        {"r": Chain("grant-test").seal({"time": "2026-11-24T04:00:00.000Z", "settlement_id": "G"})},
+    )
+    client.close()
+    archive(redis_url, limited)
+    assert [r["settlement_id"] for r in archived(limited, "--settlement", "G")] == ["G"]
+    assert verify(limited) == (0, [])
+    with psycopg.connect(limited) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("UPDATE audit_record SET verdict = 'ACCEPT'")
