@@ -16,6 +16,7 @@ records from 1 so a gap shows what is missing (``gateway.audit.chain``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 import secrets
@@ -89,13 +90,15 @@ def new_instance_id() -> str:
     return f"{host}-{secrets.token_hex(4)}"
 
 
+@functools.lru_cache(maxsize=8192)
+def period_text(period: Period) -> str:
+    """``SUSPENDED 2026-01-01..2026-06-30``; cached: the same few periods recur on every bill."""
+    return f"{period.status.name} {format_day(period.start)}..{format_day(period.end)}"
+
+
 def compact_periods(by_source: Mapping[str, Sequence[Period]]) -> dict[str, list[str]]:
     """``{"staff": ["SUSPENDED 2026-01-01..2026-06-30", …]}``: what each check could see."""
-    return {
-        source: [f"{p.status.name} {format_day(p.start)}..{format_day(p.end)}" for p in periods]
-        for source, periods in by_source.items()
-        if periods
-    }
+    return {source: [period_text(p) for p in periods] for source, periods in by_source.items() if periods}
 
 
 def emergency_basis(line_flag: bool, encounter: int, med_type: str, config: RulesConfig) -> list[str]:

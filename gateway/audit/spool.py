@@ -129,7 +129,10 @@ def orphans(directory: Path, own: str) -> list[Orphan]:
         instance = lock.name.removesuffix(".lock")
         if instance == own:
             continue
-        fd = os.open(lock, os.O_RDWR)
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            continue  # another worker replayed and removed it meanwhile
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

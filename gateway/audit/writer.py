@@ -256,7 +256,12 @@ class AuditLog:
 
     async def _run(self) -> None:
         if self.spool_dir is not None:
-            await self._replay(orphans(self.spool_dir, self.chain.instance))
+            try:
+                await self._replay(orphans(self.spool_dir, self.chain.instance))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # an unreadable spool must not stop this gateway's own trail
+                log.exception("audit spool replay failed; the files stay for the next start")
         delay = RETRY_MIN_SECONDS
         while True:
             await self._wakeup.wait()
