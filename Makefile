@@ -18,10 +18,14 @@ run: venv
 	$(BIN)/settlement-gateway serve --demo
 
 ## Distribution packages the tests drive for real: redis-server, Prometheus' promtool and
-## server, h2load. Installed with apt-get when missing (as root); otherwise named.
+## server, h2load, PostgreSQL's server binaries (the audit archive tests run initdb/pg_ctl).
+## Installed with apt-get when missing (as root); otherwise named.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	{ command -v initdb >/dev/null || \
+	  { command -v pg_config >/dev/null && [ -x "$$(pg_config --bindir)/initdb" ]; } || \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \

@@ -1,4 +1,4 @@
-"""``settlement-gateway``: run the settlement validation gateway, or search its audit trail.
+"""``settlement-gateway``: run the settlement validation gateway, or search and archive its audit trail.
 
 Every flag has an ``SGW_*`` variable; the flag wins. With no Redis URL the gateway starts
 (and stops) an embedded local Redis under the state directory.
@@ -13,18 +13,12 @@ import logging
 import sys
 from pathlib import Path
 
-import orjson
-import redis.exceptions
-
-from gateway.audit import find_records
 from gateway.config import ConfigError, Settings, parse_cancellation_scope, parse_csv_set
 from gateway.days import CST
 from gateway.embedded import EmbeddedRedisError, store_url
-from gateway.keys import Keys
 from gateway.logs import setup_logging
 from gateway.loops import DEFAULT_EVENT_LOOP, install_event_loop, parse_event_loop
 from gateway.outage import parse_outage_policy
-from gateway.redis_client import sync_client
 from gateway.server import StartupError, serve
 from gateway.workers import run_workers
 
@@ -70,7 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-clients", type=Path,
                    help="TOML: client identity -> institution codes ($SGW_TLS_CLIENTS)")  # fmt: skip
 
-    a = sub.add_parser("audit", help="find audit records (rejections, exemptions, outage payments)")
+    a = sub.add_parser(
+        "audit",
+        help="find audit records (rejections, exemptions, outage payments); verify, explain, migrate",
+    )
+    a.add_argument(
+        "action", nargs="?", default="find", choices=("find", "verify", "explain", "migrate"),
+        help="find (default) records; verify the archive's hash chains; explain one settlement "
+        "(--settlement); migrate: create or update the archive schema",
+    )  # fmt: skip
     a.add_argument("--settlement", help="settlement id (HIS mdtrt_id)")
     a.add_argument("--staff", help="staff code")
     a.add_argument("--institution", help="institution code")
@@ -86,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--redis-url", help="($SGW_REDIS_URL; default: the embedded store)")
     a.add_argument("--state-dir", type=Path, help="embedded Redis directory ($SGW_STATE_DIR)")
     a.add_argument("--namespace", help="key namespace ($SGW_NAMESPACE, default sgw)")
+    a.add_argument("--dsn", help="PostgreSQL audit archive ($SGW_AUDIT_DSN; default: read the Redis stream)")
+    a.add_argument("--json", action="store_true", help="JSON lines instead of text")
+
+    r = sub.add_parser("audit-archive", help="move the audit stream into the PostgreSQL archive")
+    r.add_argument("--dsn", help="PostgreSQL audit archive ($SGW_AUDIT_DSN)")
+    r.add_argument("--redis-url", help="($SGW_REDIS_URL; default: the embedded store)")
+    r.add_argument("--state-dir", type=Path, help="embedded Redis directory ($SGW_STATE_DIR)")
+    r.add_argument("--namespace", help="key namespace ($SGW_NAMESPACE, default sgw)")
+    r.add_argument("--once", action="store_true", help="archive what the stream holds, then exit")
+    r.add_argument("--consumer", help="consumer name in the stream's group (default: the host name)")
+    r.add_argument("--metrics-listen", help="serve the archiver's /metrics here, e.g. [::]:9465")
     return parser
 
 
@@ -122,43 +135,27 @@ SETTING_FLAGS = (
 
 
 def audit_main(args: argparse.Namespace) -> int:
-    """Print the matching audit records as JSON lines, oldest first."""
-    if not any((args.settlement, args.staff, args.institution, args.since, args.until)):
-        print("settlement-gateway audit: give --settlement, --staff, --institution, --since or --until",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        settings = Settings.from_env(
-            redis_url=args.redis_url, state_dir=args.state_dir, namespace=args.namespace
-        )
-    except ConfigError as exc:
-        print(f"settlement-gateway: {exc}", file=sys.stderr)
-        return 2
-    found = 0
-    try:
-        with store_url(settings.redis_url, settings.state_dir) as url:
-            client = sync_client(url, timeout=30)
-            records = find_records(
-                client, Keys(settings.namespace), args.settlement, args.staff, args.institution,
-                args.since, args.until,
-            )  # fmt: skip
-            for record in records:
-                sys.stdout.buffer.write(orjson.dumps(record.to_json()) + b"\n")
-                found += 1
-                if args.limit and found >= args.limit:
-                    break
-            client.close()
-    except (redis.exceptions.RedisError, OSError, EmbeddedRedisError) as exc:
-        print(f"settlement-gateway audit: cannot read the audit trail: {exc}", file=sys.stderr)
-        return 1
-    print(f"{found} audit record(s)", file=sys.stderr)
-    return 0
+    """``audit``: find, verify, explain or migrate (``gateway.audit.commands``)."""
+    from gateway.audit import commands
+
+    run = {
+        "find": commands.find_main,
+        "verify": commands.verify_main,
+        "explain": commands.explain_main,
+        "migrate": commands.migrate_main,
+    }[args.action]
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_main(args)
+    if args.command == "audit-archive":
+        from gateway.audit.commands import archive_main
+
+        setup_logging("INFO")
+        return archive_main(args)
     try:
         settings = Settings.from_env(**{name: getattr(args, name) for name in SETTING_FLAGS})
     except (ConfigError, TypeError) as exc:

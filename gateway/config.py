@@ -142,12 +142,17 @@ class Settings:
     audit_max_entries: int = 5_000_000
     # Audit records waiting to be written; beyond it they are dropped and counted.
     audit_queue_lines: int = 200_000
+    # The PostgreSQL audit archive (gateway/audit/archive.py). Set: the gateway leaves the
+    # stream untrimmed for `settlement-gateway audit-archive`; unset: the stream stays capped.
+    audit_dsn: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "redis_url"
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.name not in ("redis_url", "audit_dsn")
         )
-        return f"Settings(redis_url={mask_url(self.redis_url)!r}, {shown})"
+        return f"Settings(redis_url={mask_url(self.redis_url)!r}, {shown}, audit_dsn={mask_url(self.audit_dsn)!r})"
 
     @cached_property
     def rules(self) -> RulesConfig:
@@ -265,4 +270,5 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "audit": ("SGW_AUDIT", parse_bool),
     "audit_max_entries": ("SGW_AUDIT_MAX_ENTRIES", parse_positive_int),
     "audit_queue_lines": ("SGW_AUDIT_QUEUE", parse_positive_int),
+    "audit_dsn": ("SGW_AUDIT_DSN", str),
 }

@@ -27,7 +27,7 @@ from operator import attrgetter
 from types import TracebackType
 
 import redis.exceptions
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.breaker import BreakerOpen
 from gateway.code_share import CodeShareTracker
@@ -157,6 +157,8 @@ class RedisCallTimer:
 
 # Read in C by Counter, so counting codes costs no Python step per line.
 _staff_code = attrgetter("staff_code")
+# The one staff_code label value for every code of no valid shape (sgw_staff_code_share).
+MALFORMED_CODE_LABEL = "(malformed)"
 
 
 class GatewayMetrics:
@@ -263,13 +265,27 @@ class GatewayMetrics:
         )
         self.audit_records = Counter(
             "sgw_audit_records_total",
-            "Audit records (rejected, exempted or outage-paid lines): written, or dropped "
-            "because the queue was full while Redis was unreachable.",
+            "Audit records (rejected, exempted or outage-paid lines): written, dropped "
+            "because the queue was full while Redis was unreachable, or replayed from the spool "
+            "a stopped gateway left.",
             ["result"],
             registry=registry,
         )
-        for result in ("written", "dropped"):
+        for result in ("written", "dropped", "replayed"):
             self.audit_records.labels(result)
+        # Read off the stream by the audit writer every few seconds (gateway/audit/writer.py);
+        # "max" across the workers of one host, which all see the same stream.
+        self.audit_stream_entries = Gauge(
+            "sgw_audit_stream_entries",
+            "Entries in the audit stream: with an archive, the records it has not yet taken.",
+            registry=registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self.audit_archive_lag = Gauge(
+            "sgw_audit_archive_lag_seconds",
+            "With an archive (SGW_AUDIT_DSN): how long ago the oldest record still in the stream "
+            "was answered (0: the stream is empty). Without one: 0, the stream is capped instead.",
+            registry=registry, multiprocess_mode="max",
+        )  # fmt: skip
 
     def _declare_redis(self, registry: CollectorRegistry) -> None:
         self.redis_seconds = Histogram(
@@ -322,6 +338,11 @@ class GatewayMetrics:
         count = Tally(map(id, decisions))
         codes = Tally(map(_staff_code, lines))
         codes.pop("", None)
+        is_staff_code = self.config.shapes.is_staff_code
+        malformed = [code for code in codes if not is_staff_code(code)]
+        if malformed:
+            # Never a label: a code of no valid shape may be an ID number typed into the field.
+            codes[MALFORMED_CODE_LABEL] = sum(codes.pop(code) for code in malformed)
         decision_of: dict[int, Decision] = {}
         charged: dict[int, int] = {}
         refunded: dict[int, int] = {}

@@ -260,6 +260,24 @@ def _consulted_periods(line: Line, evidence: Evidence, config: RulesConfig) -> I
             yield from record.cancellations
 
 
+def consulted_periods_by_source(
+    line: Line, evidence: Evidence, config: RulesConfig
+) -> dict[str, list[Period]]:
+    """``_consulted_periods`` by where each period came from (institution, department, staff,
+    cancellation): what the audit trail records as the periods a decision rested on."""
+    out: dict[str, list[Period]] = {}
+    if evidence.institution is not None:
+        out["institution"] = list(evidence.institution.as_periods)
+    if evidence.departments is not None:
+        out["department"] = list(evidence.departments.by_department.get(line.department_code, ()))
+    record = evidence.staff.get(line.staff_code)
+    if record is not None:
+        out["staff"] = list(record.by_institution.get(evidence.institution_code, ()))
+        if config.national_cancellation:
+            out["cancellation"] = list(record.cancellations)
+    return out
+
+
 def stable_days(line: Line, evidence: Evidence, config: RulesConfig, decision: Decision) -> tuple[int, int]:
     """The days around ``line.service_day`` on which ``line`` gets this very decision: no
     consulted period starts or ends inside them, so every check sees the same periods."""

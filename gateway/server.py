@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from gateway.audit import AuditLog
+from gateway.audit.spool import spool_dir
 from gateway.auth import AccessMap, AccessMapError, Authorizer, server_credentials
 from gateway.breaker import CircuitBreaker
 from gateway.cache import RecordCache
@@ -180,8 +181,16 @@ class GatewayApp:
             await self.store.refresh()
         if s.audit:
             self.audit = AuditLog(
-                client, Keys(s.namespace), self.metrics, s.audit_max_entries, s.audit_queue_lines
-            )
+                client, Keys(s.namespace), self.metrics, s.audit_max_entries, s.audit_queue_lines,
+                rules=s.rules, spool_dir=spool_dir(s.state_dir), archived=bool(s.audit_dsn),
+                outage_policy=s.outage_policy.value,
+            )  # fmt: skip
+            if not s.audit_dsn:
+                log.warning(
+                    "audit trail not archived: the stream is capped and its oldest records are evicted;"
+                    " set SGW_AUDIT_DSN and run settlement-gateway audit-archive to keep them",
+                    extra={"audit_max_entries": s.audit_max_entries},
+                )
             self.audit.start()
 
         interceptor = MetricsInterceptor(self.metrics, max_concurrent_rpcs=s.max_concurrent_rpcs)

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from gateway.audit import AuditLog
-from gateway.auth import AccessDenied, Authorizer
+from gateway.auth import AccessDenied, Authorizer, peer_identities
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
 from gateway.outage import StoreUnavailable, decide_with_gaps
@@ -169,7 +169,10 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         self.metrics.observe_decision_time(len(decisions), time.perf_counter() - received)
         self.metrics.observe_settlement(parsed.institution_code, parsed.lines, decisions, snapshot.degraded)
         if self.audit is not None:
-            self.audit.record(request, decisions, snapshot.meta.version, snapshot.degraded)
+            self.audit.record(
+                request, decisions, snapshot.meta.version, snapshot.degraded,
+                lines=parsed.lines, evidence=evidence, caller=lambda: caller_identity(context),
+            )  # fmt: skip
         return response
 
     async def _judge_or_abort(
@@ -236,6 +239,15 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             status.data_age_seconds = max(0.0, time.time() - meta.as_of)
             status.data_sources.extend(source.path for source in meta.sources)
         return status
+
+
+def caller_identity(context: ServicerContext | None) -> str:
+    """Who asked, for the audit trail: the client certificate's identity under mTLS, else the
+    peer address gRPC reports (``ipv4:10.0.0.7:51234``)."""
+    if context is None:
+        return ""
+    identities = peer_identities(context.auth_context())
+    return ",".join(identities) if identities else str(context.peer() or "")
 
 
 def add_to_server(servicer: SettlementGateway, server: grpc.aio.Server) -> None:

@@ -21,11 +21,35 @@ from loader.rows import RowError
 FIELDS = ("file", "line", "column", "reason", "value")
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 _ID_NUMBER = re.compile(r"\d{6}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])\d{5}[\dXx]")
+# An ID number as typed into a spreadsheet: ASCII or full-width digits (０-９), groups split by
+# spaces (ASCII or ideographic) or hyphens. Candidates are checked against ``_ID_NUMBER`` once
+# their digits are made plain, so other long numbers are kept.
+_DIGIT = "[0-9\uff10-\uff19]"
+_SEPARATOR = "[ \u3000-]?"
+_ID_LIKE = re.compile(
+    f"(?<![0-9\uff10-\uff19]){_SEPARATOR.join([_DIGIT] * 17)}{_SEPARATOR}[0-9\uff10-\uff19XxＸｘ](?![0-9\uff10-\uff19])"
+)
+_PLAIN = str.maketrans("０１２３４５６７８９Ｘｘ", "0123456789Xx", " \u3000-")
+
+
+def _mask_id(match: re.Match[str]) -> str:
+    text = match.group()
+    if not _ID_NUMBER.fullmatch(text.translate(_PLAIN)):
+        return text
+    out, seen = [], 0
+    for ch in text:
+        if ch in " \u3000-":
+            out.append(ch)
+            continue
+        seen += 1
+        out.append(ch if seen <= 6 or seen > 16 else "*")
+    return "".join(out)
 
 
 def mask_personal(value: str) -> str:
-    """An ID number inside a cell becomes ``330902**********34``; anything else is kept."""
-    return _ID_NUMBER.sub(lambda m: m.group()[:6] + "*" * 10 + m.group()[-2:], value)
+    """An ID number inside a cell becomes ``330902**********34`` (full-width digits and spaced
+    groups alike, separators kept); anything else is kept."""
+    return _ID_LIKE.sub(_mask_id, value)
 
 
 def default_path(source: Path) -> Path:

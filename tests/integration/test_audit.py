@@ -1,5 +1,5 @@
-"""The audit trail: rejected, exempted and outage-paid lines land in a capped Redis Stream,
-off the hot path, and ``settlement-gateway audit`` finds them by settlement, staff or time.
+"""The audit trail: rejected, exempted and outage-paid lines land in the Redis Stream, off the
+hot path, and ``settlement-gateway audit`` finds them by settlement, staff or time.
 
 While Redis is away the queue holds the audited lines, not the requests they came from; a
 frozen Redis (SIGSTOP) holds up neither a batch write nor the writer's shutdown for long."""
@@ -18,7 +18,7 @@ import types
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import orjson
@@ -27,7 +27,8 @@ import redis
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
-from gateway.audit import AuditLog, AuditRecord
+from gateway.audit import AuditLog
+from gateway.audit.record import Chain
 from gateway.config import Settings
 from gateway.embedded import find_redis_server
 from gateway.keys import Keys
@@ -46,15 +47,17 @@ from tests.polling import until, until_lease_lapsed
 BIN = Path(sys.executable).parent
 SUSPENDED = "D330902000002"
 FIELDS = {
-    "time", "request_id", "institution", "settlement_id", "line_id", "staff_code", "verdict",
-    "reason", "rule", "data_version", "degraded", "stream_id",
+    "time", "request_id", "settlement_id", "institution", "line_id", "staff_code", "department_code",
+    "item_code", "service_day", "amount_fen", "med_type", "encounter", "emergency_basis", "caller",
+    "verdict", "reason", "rule", "detail", "data_version", "degraded", "outage_policy", "periods",
+    "instance", "seq", "prev", "hash", "stream_id",
 }  # fmt: skip
 
 
 async def run_audit(redis_url: str, *args: str) -> list[dict[str, object]]:
     """The command as an operator runs it (without blocking the gateway's event loop)."""
     proc = await asyncio.create_subprocess_exec(
-        str(BIN / "settlement-gateway"), "audit", "--redis-url", redis_url, *args,
+        str(BIN / "settlement-gateway"), "audit", "--json", "--redis-url", redis_url, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -93,7 +96,19 @@ async def test_rejections_and_exemptions_are_recorded_and_found(
     assert first["request_id"] == "rq-77" and first["institution"] == HOSPITAL
     assert first["staff_code"] == SUSPENDED and first["data_version"] == reply.data_version
     assert first["rule"] == reply.verdicts[1].rule and first["degraded"] is False
+    assert first["detail"] == reply.verdicts[1].detail
     assert str(first["time"]).endswith("Z")
+    assert (first["department_code"], first["item_code"], first["amount_fen"]) == ("A03", "XA01AAA001", 1000)
+    assert first["service_day"] == "2026-04-01" and first["med_type"] == "11"
+    assert first["emergency_basis"] == [] and found[1]["emergency_basis"] == ["line"]
+    assert str(first["caller"]).startswith("ipv4:127.0.0.1:")  # no mTLS here: the peer address
+    assert first["periods"] == {
+        "institution": ["NORMAL 2020-01-01..长期"],
+        "staff": ["SUSPENDED 2026-01-01..长期"],
+    }  # what the rejection rested on
+    # One chain per gateway instance, numbered from 1, each record naming its predecessor.
+    assert [r["seq"] for r in found] == [1, 2, 3] and found[0]["prev"] == ""
+    assert found[1]["prev"] == first["hash"] and found[2]["prev"] == found[1]["hash"]
 
     by_staff = await run_audit(redis_url, "--staff", SUSPENDED)
     assert [(r["settlement_id"], r["line_id"]) for r in by_staff] == [
@@ -176,13 +191,16 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the queue holds what the records need, not the requests --------------------------------
 
 
-def read_stream(url: str) -> list[tuple[str, dict[str, str]]]:
-    """The audit stream as stored: (stream id, fields), oldest first."""
-    sync = redis.Redis.from_url(url, decode_responses=True)
+def read_stream(url: str) -> list[tuple[str, dict[str, Any]]]:
+    """The audit stream as stored: (stream id, decoded record), oldest first. Every entry has
+    exactly one field, the encoded record."""
+    sync = redis.Redis.from_url(url)
     try:
-        return cast(list[tuple[str, dict[str, str]]], sync.xrange(Keys().audit))
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], sync.xrange(Keys().audit))
     finally:
         sync.close()
+    assert all(set(fields) == {b"r"} for _, fields in entries)
+    return [(i.decode(), orjson.loads(fields[b"r"])) for i, fields in entries]
 
 
 def reachable_from(root: object) -> list[object]:
@@ -228,17 +246,20 @@ async def test_a_queued_answer_keeps_its_audited_lines_not_the_request(store: Re
         await asyncio.sleep(0.3)  # a failed write or two
         store.start()
         await until(lambda: log.written == 2, timeout=20)
-        written = [AuditRecord.from_fields(i, f) for i, f in read_stream(store.url)]
+        written = [doc for _, doc in read_stream(store.url)]
     finally:
         await log.stop()
         await client.aclose()
-    assert [replace(r, time="", stream_id="") for r in written] == [
-        AuditRecord("", "rq-big", HOSPITAL, "MDTRT-BIG", "17", SUSPENDED, "REJECT", "STAFF_SUSPENDED",
-                    "rule-s", "v7", True),
-        AuditRecord("", "rq-big", HOSPITAL, "MDTRT-BIG", "2999", DOCTOR, "ACCEPT_EMERGENCY",
-                    "STAFF_SUSPENDED", "rule-e", "v7", True),
+    assert [
+        (r["request_id"], r["institution"], r["settlement_id"], r["line_id"], r["staff_code"], r["verdict"],
+         r["reason"], r["rule"], r["data_version"], r["degraded"])
+        for r in written
+    ] == [
+        ("rq-big", HOSPITAL, "MDTRT-BIG", "17", SUSPENDED, "REJECT", "STAFF_SUSPENDED", "rule-s", "v7", True),
+        ("rq-big", HOSPITAL, "MDTRT-BIG", "2999", DOCTOR, "ACCEPT_EMERGENCY", "STAFF_SUSPENDED", "rule-e",
+         "v7", True),
     ]  # fmt: skip
-    assert written[0].time == written[1].time and written[0].time.endswith("Z")
+    assert written[0]["time"] == written[1]["time"] and written[0]["time"].endswith("Z")
 
 
 # -- a frozen Redis: bounded writes, bounded shutdown ---------------------------------------
@@ -365,8 +386,9 @@ async def test_lines_paid_under_the_outage_policy_are_audited_as_degraded(
     ]  # the plain ACCEPT of line 2, judged on its cached record, is not audited
     assert all(r["degraded"] is True and r["data_version"] == version for r in found)
     assert all(r["request_id"] == "rq-outage" and r["institution"] == HOSPITAL for r in found)
-    raw = [fields for _, fields in read_stream(persistent_redis.url)][-3:]
-    assert [fields["degraded"] for fields in raw] == ["1", "1", "1"]  # as stored in the stream
+    raw = [doc for _, doc in read_stream(persistent_redis.url)][-3:]
+    assert [doc["degraded"] for doc in raw] == [True, True, True]  # as stored in the stream
+    assert [doc["outage_policy"] for doc in raw] == ["accept-flagged"] * 3
 
 
 # -- time ranges -----------------------------------------------------------------------------
@@ -376,14 +398,17 @@ def at(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def stored(answered: str, written: str, line_id: str) -> tuple[str, dict[str, str]]:
+TIME_CHAIN = Chain("test-instance")
+
+
+def stored(answered: str, written: str, line_id: str) -> tuple[str, dict[str, bytes]]:
     """A record as the writer stores it: answered at one time, written (stream id) at another."""
-    record = AuditRecord(
-        time=answered, request_id="rq", institution=HOSPITAL, settlement_id="MDTRT-T", line_id=line_id,
-        staff_code=SUSPENDED, verdict="REJECT", reason="STAFF_SUSPENDED", rule="r", data_version="v",
-        degraded=False,
-    )  # fmt: skip
-    return f"{int(at(written).timestamp() * 1000)}-0", record.to_fields()
+    doc = {
+        "time": answered, "request_id": "rq", "institution": HOSPITAL, "settlement_id": "MDTRT-T",
+        "line_id": line_id, "staff_code": SUSPENDED, "verdict": "REJECT", "reason": "STAFF_SUSPENDED",
+        "rule": "r", "data_version": "v", "degraded": False,
+    }  # fmt: skip
+    return f"{int(at(written).timestamp() * 1000)}-0", {"r": TIME_CHAIN.seal(doc)}
 
 
 async def test_a_time_range_excludes_records_outside_it(redis_url: str) -> None:
