@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"settlement-loader: --mapping: {exc}", file=sys.stderr)
             return int(Outcome.USAGE)
-    if args.command == "sync" and not args.path.is_file():
+    if args.command == "sync" and not os.path.lexists(args.path):
         # A path that names no file is a mistake in the command, not a file to refuse.
         print(f"settlement-loader: {args.path}: no such file", file=sys.stderr)
         return int(Outcome.USAGE)
