@@ -281,24 +281,23 @@ def _csv_rows(
         cursor.follow(raw)
         lines: Iterable[str] = fh if facts.clean else _marking_damage(fh, damaged_lines)
         reader = csv.reader(lines, delimiter=delimiter)
-        rows = iter(reader)
         start = 1
-        while True:
+        while True:  # one turn per unreadable row: the plain loop costs nothing extra per row
             try:
-                row = next(rows)
-            except StopIteration:
+                for row in reader:
+                    end = reader.line_num
+                    if damaged_lines and any(n in damaged_lines for n in range(start, end + 1)):
+                        table.damaged_rows.add(start)
+                    yield start, row
+                    start = end + 1
                 return
             except UnicodeDecodeError as exc:
                 raise FileFormatError(f"{path}: line {reader.line_num + 1}: {exc.reason}") from None
             except csv.Error as exc:
-                row = [UNREADABLE_ROW]
                 table.damaged_rows.add(start)
                 table.faults[start] = _unreadable(str(exc))
-            end = reader.line_num
-            if damaged_lines and any(n in damaged_lines for n in range(start, end + 1)):
-                table.damaged_rows.add(start)
-            yield start, row
-            start = end + 1
+                yield start, [UNREADABLE_ROW]
+                start = reader.line_num + 1
 
 
 def _unreadable(error: str) -> str:

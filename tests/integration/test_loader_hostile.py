@@ -98,6 +98,25 @@ def test_watch_refuses_links_and_special_files_and_writes_through_no_link(
     assert [Path(s["path"]).name for s in status["sources"]] == ["y.csv"]
 
 
+@pytest.mark.parametrize("planted", [".settlement-loader-watch.lock", "refused"])
+def test_watch_will_not_keep_its_own_files_through_a_link(
+    env: dict[str, str], tmp_path: Path, planted: str
+) -> None:
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox.mkdir()
+    outside.mkdir()
+    victim = outside / "victim.txt"
+    victim.write_text("an operator's notes\n", "utf-8")
+    (inbox / planted).symlink_to(victim if planted.endswith(".lock") else outside)
+    proc = start_watch(env, inbox, free_port())
+    try:
+        assert proc.wait(timeout=30) == 2
+    finally:
+        proc.kill()
+    assert proc.stderr is not None and planted in proc.stderr.read()
+    assert victim.read_text("utf-8") == "an operator's notes\n"
+
+
 # -- the rejects report ---------------------------------------------------------------------
 
 
