@@ -18,6 +18,10 @@ from typing import IO, Final
 
 # How much of a file is looked at to call it text: enough for a header row and many rows.
 HEAD_BYTES: Final = 64 * 1024
+# The most a workbook may unpack to, by its ZIP directory: a sheet holds at most 1,048,576
+# rows, a few hundred megabytes of XML; more is a ZIP bomb, refused before calamine would
+# inflate it into memory.
+MAX_UNPACKED_BYTES: Final = 2 << 30
 # Spreadsheet formats python-calamine reads, by the name ``Table.format`` reports.
 SPREADSHEETS: Final = frozenset({"xlsx", "xlsb", "xls", "ods"})
 
@@ -51,12 +55,13 @@ class NotAnExport(ValueError):
     """The bytes are not an export the loader reads; the message names what they seem to be."""
 
 
-def sniff(head: bytes, file: IO[bytes] | None = None) -> str:
+def sniff(head: bytes, file: IO[bytes] | None = None, max_unpacked: int = MAX_UNPACKED_BYTES) -> str:
     """``"csv"`` (text), ``"xlsx"``, ``"xlsb"``, ``"xls"`` or ``"ods"`` for the first bytes of a
-    file (``HEAD_BYTES`` of them); ``file``, the whole file, lets a ZIP's directory be read.
-    NotAnExport for anything else."""
+    file (``HEAD_BYTES`` of them); ``file``, the whole file, lets a ZIP's directory be read
+    (and a workbook unpacking to more than ``max_unpacked`` bytes be refused). NotAnExport
+    for anything else."""
     if head.startswith(_ZIP):
-        return _zip_kind(head, file)
+        return _zip_kind(head, file, max_unpacked)
     if head.startswith(_OLE2):
         return "xls"
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -76,18 +81,25 @@ def _is_text(head: bytes) -> bool:
     return controls <= max(1, len(head) * _MAX_CONTROL_SHARE)
 
 
-def _zip_kind(head: bytes, file: IO[bytes] | None) -> str:
-    # OpenDocument puts an uncompressed ``mimetype`` member first, its content at byte 38.
-    if head[30:84] == _ODS_MIMETYPE:
-        return "ods"
+def _zip_kind(head: bytes, file: IO[bytes] | None, max_unpacked: int) -> str:
     names: set[str] = set()
     if file is not None:
         try:
             file.seek(0)
             with zipfile.ZipFile(file) as archive:  # reads the directory only
-                names = set(archive.namelist())
+                members = archive.infolist()
         except (zipfile.BadZipFile, OSError, ValueError):
             raise NotAnExport("its bytes are a damaged ZIP archive, not a workbook") from None
+        names = {member.filename for member in members}
+        unpacked = sum(member.file_size for member in members)
+        if unpacked > max_unpacked:
+            raise NotAnExport(
+                f"its bytes are a ZIP archive unpacking to {unpacked:,} bytes, over the cap of "
+                f"{max_unpacked:,}: refused unpacked"
+            )
+    # OpenDocument puts an uncompressed ``mimetype`` member first, its content at byte 38.
+    if head[30:84] == _ODS_MIMETYPE:
+        return "ods"
     if "xl/workbook.xml" in names:
         return "xlsx"
     if "xl/workbook.bin" in names:

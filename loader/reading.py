@@ -15,7 +15,8 @@ line 1, as a person opening the file sees them.
 An export came from outside, so it is opened as ``ExportFile``: only a regular file under
 its own name (not a link — ``O_NOFOLLOW`` — nor a FIFO, device or directory, which are
 refused before being opened), at most ``MAX_FILE_BYTES``, every pass reading that one open
-file. A CSV cell longer than the csv module's field limit rejects its row, not the file.
+file. A CSV line over ``MAX_LINE_CHARS`` or a cell over the csv module's field limit rejects
+its row, not the file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import errno
 import hashlib
@@ -45,6 +47,9 @@ REPLACEMENT = "\ufffd"
 # The largest export read: a national staff export of 1,000,000 rows is about 106 MB, so
 # this is ten of those; a bigger file is refused before a byte of it is read.
 MAX_FILE_BYTES = 1 << 30
+# The longest CSV line read into memory (a row is a few hundred characters); a longer one
+# is skipped and its row rejected, so one line cannot take gigabytes.
+MAX_LINE_CHARS = 1 << 20
 # Stands for the cells of a row the csv module could not read (``Table.faults`` says why).
 UNREADABLE_ROW = "(无法读取的行)"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -162,6 +167,8 @@ class FileFacts:
     sha256: str
     encoding: str
     clean: bool  # every byte decodes in ``encoding``
+    # Some line may be over MAX_LINE_CHARS: rows are then read line by line with a cap.
+    long_lines: bool = False
 
 
 class Cursor:
@@ -222,32 +229,46 @@ def _scan(export: ExportFile) -> FileFacts:
     digest = hashlib.sha256()
     utf8 = codecs.getincrementaldecoder("utf-8")()
     valid_utf8 = export.kind not in SPREADSHEETS
+    long_lines = False
     header = b""
     with export.reader() as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
             if len(header) < 4096 and b"\n" not in header:
                 header += chunk[:4096]
+            # A whole chunk without a line end: some line may be over MAX_LINE_CHARS (one
+            # twice as long always leaves such a chunk); two memchr calls per megabyte.
+            if len(chunk) == CHUNK and b"\n" not in chunk and b"\r" not in chunk:
+                long_lines = True
             if valid_utf8:
                 try:
                     utf8.decode(chunk)
                 except UnicodeDecodeError:
                     valid_utf8 = False
-    if export.kind in SPREADSHEETS:
-        return FileFacts(digest.hexdigest(), export.kind, clean=True)
     if valid_utf8:
-        with contextlib.suppress(UnicodeDecodeError):
+        try:
             utf8.decode(b"", final=True)
-            return FileFacts(digest.hexdigest(), _utf8_name(header), clean=True)
+        except UnicodeDecodeError:
+            valid_utf8 = False  # ends inside a character
+    facts = _encoding(export, digest.hexdigest(), valid_utf8, header)
+    return dataclasses.replace(facts, long_lines=True) if long_lines else facts
+
+
+def _encoding(export: ExportFile, sha256: str, valid_utf8: bool, header: bytes) -> FileFacts:
+    """The file's text encoding, told from a pass over its bytes."""
+    if export.kind in SPREADSHEETS:
+        return FileFacts(sha256, export.kind, clean=True)
+    if valid_utf8:
+        return FileFacts(sha256, _utf8_name(header), clean=True)
     if header.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return FileFacts(digest.hexdigest(), "utf-16", clean=_decodes(export, "utf-16"))
+        return FileFacts(sha256, "utf-16", clean=_decodes(export, "utf-16"))
     first_line = header.split(b"\n", 1)[0]
     try:
         if not first_line.isascii() and first_line.decode("utf-8"):
-            return FileFacts(digest.hexdigest(), _utf8_name(header), clean=False)
+            return FileFacts(sha256, _utf8_name(header), clean=False)
     except UnicodeDecodeError:
         pass
-    return FileFacts(digest.hexdigest(), "gb18030", clean=_decodes(export, "gb18030"))
+    return FileFacts(sha256, "gb18030", clean=_decodes(export, "gb18030"))
 
 
 def _utf8_name(header: bytes) -> str:
@@ -262,24 +283,51 @@ def _marking_damage(lines: Iterable[str], damaged: set[int]) -> Iterator[str]:
         yield text
 
 
+def _ends_line(piece: str) -> bool:
+    return len(piece) < MAX_LINE_CHARS or piece[-1] in "\r\n"
+
+
+def _capped_lines(fh: IO[str], damaged: set[int], long: set[int]) -> Iterator[str]:
+    """Lines as csv reads them, none held longer than ``MAX_LINE_CHARS``: a longer one is read
+    and dropped piece by piece, its number noted in ``long``, and stands as one
+    ``UNREADABLE_ROW`` line (numbering goes on); undecodable lines are noted in ``damaged``."""
+    number = 0
+    while piece := fh.readline(MAX_LINE_CHARS):
+        number += 1
+        if not _ends_line(piece):
+            while (piece := fh.readline(MAX_LINE_CHARS)) and not _ends_line(piece):
+                pass
+            long.add(number)
+            yield UNREADABLE_ROW + "\n"
+            continue
+        if REPLACEMENT in piece:
+            damaged.add(number)
+        yield piece
+
+
 def _csv_rows(
     path: Path, raw: IO[bytes], facts: FileFacts, table: Table, cursor: Cursor
 ) -> Iterator[tuple[int, list[str]]]:
     """Rows numbered by the physical line they start on (a quoted cell may span lines).
 
     A row the csv module cannot read — a cell over its field limit (131,072 characters, far
-    beyond any real cell, and what bounds the memory one cell takes) — is yielded as
-    ``UNREADABLE_ROW`` and marked in ``table``, so it is rejected on its own: the reader goes
-    on at the next line. (A quoted cell that long spanning lines makes the lines after it up
+    beyond any real cell) or a line over ``MAX_LINE_CHARS`` (only then, as ``facts`` tells,
+    are lines read one by one with that cap) — is yielded as ``UNREADABLE_ROW`` and marked in
+    ``table``, so it is rejected on its own: the reader goes on at the next line. (A quoted cell that long spanning lines makes the lines after it up
     to its end read as rows of their own; they do not fit the header and are rejected too.)"""
     errors = "strict" if facts.clean else "replace"
     damaged_lines: set[int] = set()
+    long_lines: set[int] = set()
     with io.TextIOWrapper(raw, encoding=facts.encoding, newline="", errors=errors) as fh:
-        sample = fh.readline()
+        sample = fh.readline(MAX_LINE_CHARS)
         delimiter = "\t" if sample.count("\t") > sample.count(",") else ","
         fh.seek(0)
         cursor.follow(raw)
-        lines: Iterable[str] = fh if facts.clean else _marking_damage(fh, damaged_lines)
+        lines: Iterable[str] = fh
+        if facts.long_lines:
+            lines = _capped_lines(fh, damaged_lines, long_lines)
+        elif not facts.clean:
+            lines = _marking_damage(fh, damaged_lines)
         reader = csv.reader(lines, delimiter=delimiter)
         start = 1
         while True:  # one turn per unreadable row: the plain loop costs nothing extra per row
@@ -288,6 +336,9 @@ def _csv_rows(
                     end = reader.line_num
                     if damaged_lines and any(n in damaged_lines for n in range(start, end + 1)):
                         table.damaged_rows.add(start)
+                    if long_lines and any(n in long_lines for n in range(start, end + 1)):
+                        table.damaged_rows.add(start)
+                        table.faults[start] = f"本行超过 {MAX_LINE_CHARS} 个字符（读取上限），整行未读"
                     yield start, row
                     start = end + 1
                 return

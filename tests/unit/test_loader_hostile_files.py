@@ -16,7 +16,7 @@ from gateway.codes import DEFAULT_SHAPES
 from loader import report
 from loader.columns import ColumnMapping
 from loader.filekind import NotAnExport, sniff
-from loader.reading import UNREADABLE_ROW, FileFormatError, open_export, open_table
+from loader.reading import MAX_LINE_CHARS, UNREADABLE_ROW, FileFormatError, open_export, open_table, scan_file
 from loader.rows import MAX_TEXT_CHARS, RowError, RowValidator, StaffEntry
 from tests.exports import HEADERS, institution_row, staff_row, write_csv, write_ods, write_xls, write_xlsx
 
@@ -74,6 +74,15 @@ def test_zip_kinds_come_from_the_archive_directory(tmp_path: Path) -> None:
         open_export(broken)
 
 
+def test_a_workbook_unpacking_past_the_cap_is_refused_unpacked(tmp_path: Path) -> None:
+    path = write_xlsx(tmp_path / "bomb.xlsx", HEADERS["staff"], [staff_row()] * 50)
+    with path.open("rb") as fh:
+        head = fh.read()
+        assert sniff(head, fh) == "xlsx"
+        with pytest.raises(NotAnExport, match=r"unpacking to [\d,]+ bytes, over the cap of 1,000"):
+            sniff(head, fh, max_unpacked=1000)
+
+
 # -- what is opened -------------------------------------------------------------------------
 
 
@@ -108,6 +117,21 @@ def test_an_overlong_csv_cell_rejects_its_row_and_numbering_goes_on(tmp_path: Pa
     table = open_table(path)
     assert list(table.rows) == [(2, ["D1", "a"]), (3, [UNREADABLE_ROW]), (4, ["D3", "b"]), (5, ["D4", "c"])]
     assert table.damaged_rows == {3} and str(limit) in table.fault(3)
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_a_line_over_the_cap_is_skipped_in_pieces_and_rejects_its_row(tmp_path: Path, ending: str) -> None:
+    path = tmp_path / "s.csv"
+    long = "D2," + "张" * (3 * MAX_LINE_CHARS)
+    path.write_text(f"人员代码,姓名{ending}D1,a{ending}{long}{ending}D3,b{ending}", "utf-8", newline="")
+    facts = scan_file(path)
+    assert facts.long_lines and not scan_file(write_csv(tmp_path / "n.csv", ["a"], [["b"]])).long_lines
+    table = open_table(path, facts)
+    assert list(table.rows) == [(2, ["D1", "a"]), (3, [UNREADABLE_ROW]), (4, ["D3", "b"])]
+    assert table.damaged_rows == {3} and str(MAX_LINE_CHARS) in table.fault(3)
+    last = tmp_path / "last.csv"
+    last.write_text(f"人员代码,姓名{ending}D1,a{ending}{long}", "utf-8", newline="")
+    assert list(open_table(last).rows) == [(2, ["D1", "a"]), (3, [UNREADABLE_ROW])]
 
 
 # -- the report -----------------------------------------------------------------------------
