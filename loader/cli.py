@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                   "report goes beside its input", file=sys.stderr)  # fmt: skip
             return int(Outcome.USAGE)
         for path in args.paths:
-            if not path.is_file():
+            if not os.path.lexists(path):
                 # A path that names no file is a mistake in the command, not a file to refuse.
                 print(f"settlement-loader: {path}: no such file", file=sys.stderr)
                 return int(Outcome.USAGE)

@@ -20,6 +20,10 @@ from loader.columns import ColumnMapping
 from loader.dates import DateError, DayCache
 
 WHOLE_ROW = "(整行)"
+# The longest free-text cell kept in a record (姓名, 科室编码, 机构名称, 统筹区): real ones are a
+# few dozen characters; a longer one is a hostile or broken cell and rejects its row instead
+# of going into every gateway's cache. Codes need no cap: their shapes bound them.
+MAX_TEXT_CHARS = 200
 
 
 class RowError(NamedTuple):
@@ -67,6 +71,14 @@ class _Invalid(Exception):
     def __init__(self, column: str, reason: str, value: str = "") -> None:
         super().__init__(reason)
         self.error = (column, reason, value)
+
+
+def _text(cells: list[str], at: int, column: str) -> str:
+    """A free-text cell, stripped; a cell over ``MAX_TEXT_CHARS`` rejects its row."""
+    text = cells[at].strip()
+    if len(text) > MAX_TEXT_CHARS:
+        raise _Invalid(column, f"{column}超过 {MAX_TEXT_CHARS} 个字符（{len(text)} 个）", text)
+    return text
 
 
 class RowValidator:
@@ -166,6 +178,8 @@ class RowValidator:
             or (category and category not in col.STAFF_CATEGORIES)
             or self._is_staff_code(code) is None
             or self._is_institution_code(institution) is None
+            or len(cells[self._department_at]) > MAX_TEXT_CHARS
+            or (self.keep_names and len(cells[self._name_at]) > MAX_TEXT_CHARS)
         ):
             return None
         name = (cells[self._name_at].strip() or None) if self.keep_names else None
@@ -234,8 +248,8 @@ class RowValidator:
             category = category.removeprefix("医保")
             if category not in col.STAFF_CATEGORIES:
                 raise _Invalid(col.CATEGORY, "无法识别的人员类别", category)
-        name = cells[self._name_at].strip() or None if self.keep_names else None
-        department = cells[self._department_at].strip()
+        name = _text(cells, self._name_at, col.NAME) or None if self.keep_names else None
+        department = _text(cells, self._department_at, col.DEPARTMENT)
         return StaffEntry(line, code, institution, department, status, start, end, category, name)
 
     def _institution(self, line: int, cells: list[str]) -> InstitutionEntry:
@@ -243,13 +257,13 @@ class RowValidator:
         status = self._status(cells)
         start, end = self._period(cells, status)
         return InstitutionEntry(
-            line, code, cells[self._institution_name_at].strip(),
-            cells[self._region_at].strip(), status, start, end,
+            line, code, _text(cells, self._institution_name_at, col.INSTITUTION_NAME),
+            _text(cells, self._region_at, col.REGION), status, start, end,
         )  # fmt: skip
 
     def _department(self, line: int, cells: list[str]) -> DepartmentEntry:
         institution = self._institution_code(cells)
-        department = cells[self._department_at].strip()
+        department = _text(cells, self._department_at, col.DEPARTMENT)
         if not department:
             raise _Invalid(col.DEPARTMENT, "科室编码为空")
         status = self._status(cells)

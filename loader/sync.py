@@ -30,7 +30,7 @@ from loader import build, guards, report
 from loader.columns import CANONICAL, KINDS, ColumnMapping, detect_kind, required_columns
 from loader.progress import NoProgress, Progress
 from loader.publish import DeltaPart, FullPart, Publisher
-from loader.reading import FileFormatError, Table, open_table, scan_file
+from loader.reading import FileFormatError, Table, open_export, open_table, scan_file
 from loader.rows import WHOLE_ROW, RowError, RowValidator
 from loader.state import CountsFile, PublishedCounts
 
@@ -157,7 +157,7 @@ def _validate(
         if seen % PROGRESS_EVERY == 0:
             progress.update("reading", *cursor.position())
         if damaged and line in damaged:
-            errors.append(RowError(line, WHOLE_ROW, f"含无法按 {table.encoding} 解码的字符"))
+            errors.append(RowError(line, WHOLE_ROW, table.fault(line)))
             continue
         checked = check(line, cells)
         if type(checked) is RowError:
@@ -267,10 +267,9 @@ def _prepare(
         return result, None
 
     try:
-        if not path.is_file():
-            raise FileFormatError(f"{path}: no such file")
-        facts = scan_file(path)
-        table = open_table(path, facts)
+        with open_export(path) as export:  # a regular file only: no link, FIFO or device
+            facts = scan_file(export)
+            table = open_table(export, facts)
     except (FileFormatError, OSError) as exc:
         return refused(f"cannot read the file: {exc}")
     result.encoding, result.format, result.sha256 = table.encoding, table.format, facts.sha256
@@ -321,11 +320,14 @@ def _prepare(
     result.rows = result.accepted + result.rejected
     report_path = options.report or report.default_path(path)
     if errors:
-        report.write(report_path, path, errors)
+        try:
+            report.write(report_path, path, errors)
+        except report.ReportRefused as exc:
+            return finish(Outcome.REFUSED, f"{exc}; nothing loaded")
         result.report = str(report_path)
         result.rejected_by_reason = report.by_reason(errors)
     elif options.report is None:
-        report_path.unlink(missing_ok=True)  # an earlier run's report of this file is stale now
+        report.remove_stale(report_path)  # an earlier run's report of this file is stale now
 
     if result.rows == 0:
         return refused("the file has a header but no data rows")

@@ -36,6 +36,7 @@ import fcntl
 import fnmatch
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,14 +50,14 @@ from loader.columns import detect_kind
 from loader.lock import LockBusy
 from loader.metrics import LoaderMetrics
 from loader.publish import PublishConflict, Publisher, StagingError
-from loader.reading import XLSX_SUFFIXES, FileFormatError, open_table
+from loader.reading import SPREADSHEET_SUFFIXES, FileFormatError, open_table
 from loader.sync import FileSpec, Outcome, SyncOptions, SyncResult, sync_files
 
 log = logging.getLogger(__name__)
 
 LOADED_DIR = "loaded"
 REFUSED_DIR = "refused"
-EXPORT_SUFFIXES = frozenset({".csv", ".txt", *XLSX_SUFFIXES})
+EXPORT_SUFFIXES = frozenset({".csv", ".txt", *SPREADSHEET_SUFFIXES})
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download")
 DEFAULT_DELTA_PATTERNS = ("*delta*", "*增量*")
 WATCH_LOCK = ".settlement-loader-watch.lock"
@@ -65,6 +66,11 @@ MANIFEST_SUFFIX = ".manifest"
 
 class WatchBusy(RuntimeError):
     """Another watcher has the directory."""
+
+
+class UnsafeInbox(WatchBusy):
+    """A link or special file sits where the watcher keeps its own files (its lock,
+    ``loaded/``, ``refused/``): following it would write or move files elsewhere."""
 
 
 RETRYABLE = (redis.exceptions.RedisError, LockBusy, PublishConflict, StagingError, OSError)
@@ -110,16 +116,20 @@ class Watcher:
         self._waiting_logged: set[Path] = set()
         for sub in (LOADED_DIR, REFUSED_DIR):
             (options.directory / sub).mkdir(parents=True, exist_ok=True)
+            if not stat.S_ISDIR(os.lstat(options.directory / sub).st_mode):
+                raise UnsafeInbox(f"{options.directory / sub} is not a directory of its own (a link?)")
 
     def pending(self) -> list[Path]:
-        """Whole export files waiting, oldest first."""
+        """Whole export files waiting, oldest first. A link, FIFO, device or directory under an
+        export's name is among them: ``sync_file`` refuses it unread, and it moves to
+        ``refused/`` (the link itself, never its target), so an operator sees it."""
         found: list[tuple[float, str, Path]] = []
         with os.scandir(self.options.directory) as entries:
             for entry in entries:
                 path = Path(entry.path)
-                if entry.is_file() and is_candidate(path):
+                if is_candidate(path):
                     try:
-                        found.append((entry.stat().st_mtime, entry.name, path))
+                        found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name, path))
                     except FileNotFoundError:
                         continue  # renamed away meanwhile
         return [path for _, _, path in sorted(found)]
@@ -265,7 +275,14 @@ class Watcher:
     @contextlib.contextmanager
     def sole_watcher(self) -> Iterator[None]:
         """One watcher per directory (two would race to load and move the same file)."""
-        with (self.options.directory / WATCH_LOCK).open("w") as lock:
+        path = self.options.directory / WATCH_LOCK
+        try:  # never through a link planted under the lock's name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise UnsafeInbox(f"cannot use {path} as the watch lock: {exc.strerror}") from None
+        with os.fdopen(fd, "w") as lock:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafeInbox(f"{path} is not a regular file: cannot use it as the watch lock")
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import redis
 
@@ -30,6 +32,70 @@ def write_csv(
         writer = csv.writer(fh)
         writer.writerow(headers)
         writer.writerows(rows)
+    return path
+
+
+def write_xlsx(path: Path, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+    """An Office Open XML workbook (a ZIP of XML parts), every cell text."""
+    import xlsxwriter
+
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet("导出数据")
+    for r, row in enumerate([headers, *rows]):
+        sheet.write_row(r, 0, row)
+    book.close()
+    return path
+
+
+def write_xls(path: Path, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+    """An Excel 97-2003 workbook (BIFF8 in an OLE2 container), as older HIS exports are."""
+    import xlwt  # type: ignore[import-untyped]
+
+    book = xlwt.Workbook(encoding="utf-8")
+    sheet = book.add_sheet("导出数据")
+    for r, row in enumerate([headers, *rows]):
+        for c, value in enumerate(row):
+            sheet.write(r, c, value)
+    book.save(str(path))
+    return path
+
+
+_ODS_NS = (
+    'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+    'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '
+    'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"'
+)
+
+
+def write_ods(path: Path, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Path:
+    """An OpenDocument spreadsheet as LibreOffice/WPS save one: ``mimetype`` first and stored,
+    then the manifest and the content (string cells)."""
+
+    def cell(value: str) -> str:
+        if not value:
+            return "<table:table-cell/>"
+        return f'<table:table-cell office:value-type="string"><text:p>{escape(value)}</text:p></table:table-cell>'
+
+    body = "".join(
+        "<table:table-row>" + "".join(cell(v) for v in row) + "</table:table-row>" for row in [headers, *rows]
+    )
+    content = (
+        f'<?xml version="1.0" encoding="UTF-8"?><office:document-content {_ODS_NS} office:version="1.2">'
+        f'<office:body><office:spreadsheet><table:table table:name="导出数据">{body}</table:table>'
+        "</office:spreadsheet></office:body></office:document-content>"
+    )
+    manifest = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0" '
+        'manifest:version="1.2"><manifest:file-entry manifest:full-path="/" manifest:version="1.2" '
+        'manifest:media-type="application/vnd.oasis.opendocument.spreadsheet"/>'
+        '<manifest:file-entry manifest:full-path="content.xml" manifest:media-type="text/xml"/>'
+        "</manifest:manifest>"
+    )
+    with zipfile.ZipFile(path, "w") as book:
+        book.writestr("mimetype", "application/vnd.oasis.opendocument.spreadsheet", zipfile.ZIP_STORED)
+        book.writestr("META-INF/manifest.xml", manifest, zipfile.ZIP_DEFLATED)
+        book.writestr("content.xml", content, zipfile.ZIP_DEFLATED)
     return path
 
 
