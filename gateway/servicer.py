@@ -228,6 +228,7 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             reachable = False
             meta = self.store.meta
         status = pb.GatewayStatus(store_reachable=reachable, degraded=not reachable)
+        status.policy_profile = self.settings.profile.name
         if meta is not None:
             status.data_version = meta.version
             status.data_as_of.FromNanoseconds(int(meta.as_of * 1e9))
