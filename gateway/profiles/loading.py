@@ -158,8 +158,8 @@ class _Reader:
 
     def error(self, table: Sequence[str], key: str | None, message: str) -> None:
         line = key_line(self.text, table, key)
-        if line is None and key is not None:
-            line = key_line(self.text, table, None)
+        if line is None and key is not None:  # a sub-table ([reasons.X]), else its table
+            line = key_line(self.text, (*table, key), None) or key_line(self.text, table, None)
         where = f"{self.origin}:{line}" if line is not None else self.origin
         name = ".".join([*table, key] if key else table) or "(top level)"
         self.errors.append(f"{where}: {name}: {message}")
