@@ -112,8 +112,9 @@ class Profile:
             suspension_lifts_on_restoration=self.suspension_lifts == "restoration",
             department_code_required=self.department_code_required,
             enforce_bans=self.enforce_bans,
-            staff_ban_years=self.staff_ban_years(),
-            institution_ban_years=self.institution_ban_years(),
+            # Not enforced: the loader still reports the banned rows; the gateway pays them.
+            staff_ban_years=self.staff_ban_years() if self.enforce_bans else {},
+            institution_ban_years=self.institution_ban_years() if self.enforce_bans else {},
             external_prescription_prefix=self.external_prescription_prefix,
         )
 
