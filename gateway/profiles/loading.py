@@ -256,6 +256,13 @@ TOP_KEYS = ("name", "title", "sites", "suspension", "emergency", "department", "
 REASON_KEYS = ("article", "detail", "emergency_article")
 
 
+def _line_number(error: str) -> int:
+    """For reporting a file's faults top to bottom (a fault with no line first)."""
+    head = error.split(": ", 1)[0]
+    number = head.rsplit(":", 1)[-1]
+    return int(number) if number.isdigit() else 0
+
+
 def parse(text: str, origin: str) -> Profile:
     """The profile in ``text``; raises ``ProfileError`` listing every fault."""
     try:
@@ -323,7 +330,7 @@ def parse(text: str, origin: str) -> Profile:
         cited[Reason[reason_name]] = {k: v for k, v in got.items() if v is not None}
 
     if r.errors:
-        raise ProfileError(r.errors)
+        raise ProfileError(sorted(r.errors, key=_line_number))
     chosen = {k: v for k, v in values.items() if v is not None}
     overridden = chosen.get("emergency_overrides", frozenset(OVERRIDABLE))
     specs: dict[Reason, RuleSpec] = {}
