@@ -19,6 +19,7 @@ from gateway.embedded import EmbeddedRedisError, store_url
 from gateway.logs import setup_logging
 from gateway.loops import DEFAULT_EVENT_LOOP, install_event_loop, parse_event_loop
 from gateway.outage import parse_outage_policy
+from gateway.profiles import cli as profile_cli
 from gateway.server import StartupError, serve
 from gateway.workers import run_workers
 
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-lines", type=int, help="max lines per request ($SGW_MAX_LINES, default 10000)")
     s.add_argument("--emergency-med-types", type=parse_csv_set,
                    help="医疗类别 codes treated as emergencies ($SGW_EMERGENCY_MED_TYPES, default 13,24)")  # fmt: skip
+    s.add_argument("--policy-profile",
+                   help="the region's policy profile: a shipped name or a TOML file ($SGW_POLICY_PROFILE, default default)")  # fmt: skip
     s.add_argument("--cancellation-scope", type=parse_cancellation_scope, dest="national_cancellation",
                    help="national (default) or institution ($SGW_CANCELLATION_SCOPE)")  # fmt: skip
     s.add_argument("--redis-timeout", type=float, dest="redis_timeout_seconds",
@@ -64,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-clients", type=Path,
                    help="TOML: client identity -> institution codes ($SGW_TLS_CLIENTS)")  # fmt: skip
 
+    profile_cli.add_parser(sub)
     a = sub.add_parser(
         "audit",
         help="find audit records (rejections, exemptions, outage payments); verify, explain, migrate",
@@ -130,7 +134,7 @@ SETTING_FLAGS = (
     "emergency_med_types", "national_cancellation", "redis_timeout_seconds",
     "shutdown_grace_seconds", "log_level", "event_loop", "workers", "outage_policy",
     "degraded_max_age_seconds", "max_concurrent_rpcs", "tls_cert", "tls_key", "tls_client_ca",
-    "tls_clients",
+    "tls_clients", "policy_profile",
 )  # fmt: skip
 
 
@@ -151,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
         return audit_main(args)
+    if args.command == "profile":
+        return profile_cli.main(args)
     if args.command == "audit-archive":
         from gateway.audit.commands import archive_main
 

@@ -20,6 +20,8 @@ from gateway.keys import DEFAULT_NAMESPACE
 from gateway.loops import DEFAULT_EVENT_LOOP, parse_event_loop
 from gateway.metrics import MetricsConfig
 from gateway.outage import OutagePolicy, parse_outage_policy
+from gateway.profiles.loading import DEFAULT_PROFILE, Profile, ProfileError
+from gateway.profiles.loading import load as load_profile
 from gateway.rules import DEFAULT_EMERGENCY_MED_TYPES, RulesConfig
 
 T = TypeVar("T")
@@ -96,6 +98,8 @@ class Settings:
     staff_code_pattern: str = DEFAULT_STAFF_CODE_PATTERN
     institution_code_pattern: str = DEFAULT_INSTITUTION_CODE_PATTERN
     national_cancellation: bool = True
+    # The region's policy profile (gateway/profiles): a shipped name or a TOML file.
+    policy_profile: str = DEFAULT_PROFILE
     # Every Redis call is bounded: a checkout never waits longer than this on the store.
     redis_timeout_seconds: float = 0.5
     # Connections per gateway process; calls beyond it wait (within the timeout) for one.
@@ -155,11 +159,18 @@ class Settings:
         return f"Settings(redis_url={mask_url(self.redis_url)!r}, {shown}, audit_dsn={mask_url(self.audit_dsn)!r})"
 
     @cached_property
+    def profile(self) -> Profile:
+        return load_profile(self.policy_profile)
+
+    @cached_property
     def rules(self) -> RulesConfig:
-        return RulesConfig(
-            shapes=self.shapes,
-            emergency_med_types=self.emergency_med_types,
+        # SGW_EMERGENCY_MED_TYPES, when set to other than the default, replaces the profile's
+        # list; SGW_CANCELLATION_SCOPE=institution narrows the profile's scope.
+        explicit = self.emergency_med_types != DEFAULT_EMERGENCY_MED_TYPES
+        return self.profile.rules_config(
+            self.shapes,
             national_cancellation=self.national_cancellation,
+            emergency_med_types=self.emergency_med_types if explicit else None,
         )
 
     @cached_property
@@ -199,6 +210,10 @@ class Settings:
             self.shapes  # noqa: B018 - compiles the patterns
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        try:
+            self.profile  # noqa: B018 - reads and validates the policy profile
+        except ProfileError as exc:
+            raise ConfigError(f"SGW_POLICY_PROFILE={self.policy_profile!r}: {exc}") from exc
         if self.max_lines <= 0:
             raise ConfigError(f"max_lines must be positive, got {self.max_lines}")
         if self.workers <= 0:
@@ -244,6 +259,7 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "staff_code_pattern": ("SGW_STAFF_CODE_PATTERN", str),
     "institution_code_pattern": ("SGW_INSTITUTION_CODE_PATTERN", str),
     "national_cancellation": ("SGW_CANCELLATION_SCOPE", parse_cancellation_scope),
+    "policy_profile": ("SGW_POLICY_PROFILE", str),
     "redis_timeout_seconds": ("SGW_REDIS_TIMEOUT", parse_positive_float),
     "redis_max_connections": ("SGW_REDIS_MAX_CONNECTIONS", parse_positive_int),
     "shutdown_grace_seconds": ("SGW_SHUTDOWN_GRACE", parse_positive_float),

@@ -49,6 +49,7 @@ CHECK_NEEDS: Mapping[str, str | None] = {
     "item": None,
     "staff_code": None,
     "institution": INSTITUTION_DATA,
+    "department_code_required": None,
     "department": INSTITUTION_DATA,
     "staff": STAFF_DATA,
 }
@@ -111,7 +112,7 @@ def decide_with_gaps(
                 continue
             finding = check.run(line, evidence, config)
             if finding is not None:
-                decision = decision_for(finding, line, evidence)
+                decision = decision_for(finding, line, evidence, config)
                 break
         out.append(decision)
     return out

@@ -109,6 +109,12 @@ RULES: tuple[RuleSpec, ...] = (
         EMERGENCY_INSTITUTION_ARTICLE,
     ),
     RuleSpec(
+        Reason.DEPARTMENT_CODE_MISSING,
+        f"{NANTONG} 第六十条",
+        "该费用明细未传科室编码，无科室代码的费用不能核对科室医保结算状态，医保基金不予支付，请在 HIS 中补传科室编码。",
+        EMERGENCY_INSTITUTION_ARTICLE,
+    ),
+    RuleSpec(
         Reason.DEPARTMENT_SUSPENDED,
         f"{FOSHAN} 第二十条",
         "科室“{department}”被中止医保结算（{start} 至 {end}），该期间发生的费用不予结算。",

@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
-from gateway.days import format_day
+from gateway.days import OPEN_END, format_day
 from gateway.policy import (
     EMERGENCY_DETAIL_PREFIX,
     EMERGENCY_DETAIL_SUFFIX,
     RULE_BY_REASON,
     Reason,
+    RuleSpec,
     Verdict,
 )
+from gateway.profiles.bans import banned_stretches
 from gateway.records import (
     DepartmentActions,
     InstitutionRecord,
@@ -36,15 +38,62 @@ DEFAULT_EMERGENCY_MED_TYPES = frozenset({"13", "24"})
 ENCOUNTER_EMERGENCY = 2
 
 
+def _default_specs() -> Mapping[Reason, RuleSpec]:
+    return RULE_BY_REASON
+
+
 @dataclass(frozen=True, slots=True)
 class RulesConfig:
-    """The knobs regions differ on."""
+    """The knobs regions differ on (a policy profile sets them, ``gateway/profiles``).
+
+    Resolved once at configuration time: the per-line checks read plain fields, and with
+    every knob at its default ``_check_staff`` takes the same path it always did."""
 
     shapes: CodeShapes = DEFAULT_SHAPES
     emergency_med_types: frozenset[str] = DEFAULT_EMERGENCY_MED_TYPES
     # 注销 cancels the national code itself (000 §14), so by default a cancellation recorded
     # at any institution applies at all of them; False confines it to that institution.
     national_cancellation: bool = True
+    # Article, zh-CN detail and emergency article per reason: the region's own citations. A
+    # reason whose ``emergency_article`` is None is never overridden by the exemption.
+    specs: Mapping[Reason, RuleSpec] = field(default_factory=_default_specs)
+    # Statuses besides 注销 that, recorded at one site of a multi-site doctor, apply at all of
+    # them (000 §7 keeps sites apart: empty; 001 §四 adds points across sites: 中止, 解除).
+    cross_site_statuses: frozenset[Status] = frozenset()
+    # 000 §14: a 中止 lifts only when a later 正常 record shows the agreement restored on
+    # application; False: at its end date (001 §五(二) "期满后自动恢复").
+    suspension_lifts_on_restoration: bool = False
+    # 004 §60: every line must carry a department (科室) code.
+    department_code_required: bool = False
+    # Bans on new agreements (000 §14; 002 §12; 004 §65): years a 解除/注销 bars a new 正常
+    # period, for staff and for institutions; enforced only when ``enforce_bans``.
+    enforce_bans: bool = False
+    staff_ban_years: Mapping[Status, int] = field(default_factory=dict)
+    institution_ban_years: Mapping[Status, int] = field(default_factory=dict)
+    # 000 §9(5), §11: at a retail pharmacy (institution code starting with this prefix) a
+    # line's staff code is the prescribing doctor's; "" turns the reading off.
+    external_prescription_prefix: str = ""
+    # Derived: the statuses applied across sites, and whether a staff record needs more than
+    # today's plain reading (the hot path checks this one flag).
+    cross_site: frozenset[Status] = field(init=False, repr=False, compare=False)
+    plain_staff: bool = field(init=False, repr=False, compare=False)
+    day_specific: frozenset[Reason] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cross = set(self.cross_site_statuses)
+        if self.national_cancellation:
+            cross.add(Status.CANCELLED)
+        object.__setattr__(self, "cross_site", frozenset(cross))
+        plain = (
+            self.cross_site <= {Status.CANCELLED}
+            and not self.suspension_lifts_on_restoration
+            and not (self.enforce_bans and self.staff_ban_years)
+            and not self.external_prescription_prefix
+        )
+        object.__setattr__(self, "plain_staff", plain)
+        # Reasons whose zh-CN detail names the service day: their decision is one day's only.
+        day_specific = frozenset(reason for reason, spec in self.specs.items() if "{date}" in spec.detail)
+        object.__setattr__(self, "day_specific", day_specific)
 
 
 class Line(NamedTuple):
@@ -61,6 +110,8 @@ class Line(NamedTuple):
     emergency: bool
     line_id: str = ""
     amount_fen: int = 0
+    # 外配处方: where the prescribing doctor holds the agreement (SettlementLine field 8).
+    prescribing_institution: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +167,34 @@ def _check_staff_code(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | N
     return None
 
 
+def _institution_periods(record: InstitutionRecord, cfg: RulesConfig) -> Sequence[Period]:
+    """The institution's periods, with the stretches of a new agreement that falls inside a
+    ban (002 §12, 004 §65) added when the profile enforces bans."""
+    periods = record.as_periods
+    if cfg.enforce_bans and cfg.institution_ban_years:
+        banned = banned_stretches(periods, periods, cfg.institution_ban_years)
+        if banned:
+            return (*periods, *banned)
+    return periods
+
+
 def _check_institution(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
     # Unknown, or known but no period covers the day: not designated at that time.
     if ev.institution is None:
         return Reason.INSTITUTION_UNREGISTERED, None
-    period = strictest(ev.institution.as_periods, line.service_day)
+    period = strictest(_institution_periods(ev.institution, cfg), line.service_day)
     if period is None:
         return Reason.INSTITUTION_UNREGISTERED, None
     reason = INSTITUTION_STATUS_REASON[period.status]
     return None if reason is None else (reason, period)
+
+
+def _check_department_code_required(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
+    # 004 §60: the agency keeps 科室 codes like item codes; a region requiring them on every
+    # line rejects a line without one.
+    if cfg.department_code_required and not line.department_code:
+        return Reason.DEPARTMENT_CODE_MISSING, None
+    return None
 
 
 def _check_department(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
@@ -139,14 +209,67 @@ def _check_department(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | N
     return Reason.DEPARTMENT_SUSPENDED, period
 
 
+def _restored_on_application(periods: Sequence[Period]) -> tuple[Period, ...]:
+    """000 §14: a 中止 runs on past its end date until a later 正常 record of the same site
+    shows the agreement restored on application (open-ended if none does yet)."""
+    out: list[Period] = []
+    for period in periods:
+        if period.status is Status.SUSPENDED:
+            restored = min(
+                (p.start for p in periods if p.status is Status.NORMAL and p.start > period.end),
+                default=OPEN_END + 1,
+            )
+            period = Period(Status.SUSPENDED, period.start, restored - 1)
+        out.append(period)
+    return tuple(out)
+
+
+def _site_periods(record: StaffRecord, site: str, cfg: RulesConfig) -> Sequence[Period]:
+    periods = record.by_institution.get(site, ())
+    if cfg.suspension_lifts_on_restoration and periods:
+        return _restored_on_application(periods)
+    return periods
+
+
+def _judged_sites(line: Line, record: StaffRecord, ev: Evidence, cfg: RulesConfig) -> Iterable[str]:
+    """Where the line's staff code holds the agreement it is judged by: the billing
+    institution, except for an external prescription at a retail pharmacy (000 §9(5), §11),
+    judged at the prescribing institution when the line names it, else at every site."""
+    site = ev.institution_code
+    if cfg.external_prescription_prefix and site.startswith(cfg.external_prescription_prefix):
+        if line.prescribing_institution:
+            return (line.prescribing_institution,)
+        if site not in record.by_institution:  # not the pharmacy's own pharmacist
+            return record.by_institution.keys()
+    return (site,)
+
+
+def staff_periods(line: Line, record: StaffRecord, ev: Evidence, cfg: RulesConfig) -> Sequence[Period]:
+    """Every period the staff check weighs for ``line``, the profile's knobs applied."""
+    if cfg.plain_staff:
+        here: Sequence[Period] = record.by_institution.get(ev.institution_code, ())
+        if cfg.national_cancellation and record.cancellations:
+            here = (*here, *record.cancellations)
+        return here
+    sites = tuple(_judged_sites(line, record, ev, cfg))
+    periods: list[Period] = []
+    for site in sites:
+        periods.extend(_site_periods(record, site, cfg))
+    if cfg.cross_site:
+        for other in record.by_institution:
+            if other not in sites:
+                periods.extend(p for p in _site_periods(record, other, cfg) if p.status in cfg.cross_site)
+    if cfg.enforce_bans and cfg.staff_ban_years:
+        everywhere = [p for other in record.by_institution for p in record.by_institution[other]]
+        periods.extend(banned_stretches(everywhere, tuple(periods), cfg.staff_ban_years))
+    return periods
+
+
 def _check_staff(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
     record = ev.staff.get(line.staff_code)
     if record is None or not record.periods:
         return Reason.STAFF_UNREGISTERED, None
-    here: Iterable[Period] = record.by_institution.get(ev.institution_code, ())
-    if cfg.national_cancellation and record.cancellations:
-        here = (*here, *record.cancellations)
-    period = strictest(here, line.service_day)
+    period = strictest(staff_periods(line, record, ev, cfg), line.service_day)
     if period is None:
         return Reason.STAFF_NOT_AT_INSTITUTION, None
     reason = STAFF_STATUS_REASON[period.status]
@@ -173,6 +296,7 @@ CHECKS: tuple[Check, ...] = (
             Reason.INSTITUTION_SUSPENDED,
         ),
     ),
+    Check("department_code_required", _check_department_code_required, (Reason.DEPARTMENT_CODE_MISSING,)),
     Check("department", _check_department, (Reason.DEPARTMENT_SUSPENDED,)),
     Check(
         "staff",
@@ -200,9 +324,9 @@ def first_finding(line: Line, evidence: Evidence, config: RulesConfig) -> Findin
     return None
 
 
-def _detail(finding: Finding, line: Line, evidence: Evidence) -> str:
-    reason, period = finding
-    return RULE_BY_REASON[reason].detail.format(
+def _detail(spec: RuleSpec, finding: Finding, line: Line, evidence: Evidence) -> str:
+    period = finding[1]
+    return spec.detail.format(
         code=line.staff_code,
         institution=evidence.institution_code,
         department=line.department_code,
@@ -217,14 +341,17 @@ def decide(line: Line, evidence: Evidence, config: RulesConfig) -> Decision:
     finding = first_finding(line, evidence, config)
     if finding is None:
         return ACCEPTED
-    return decision_for(finding, line, evidence)
+    return decision_for(finding, line, evidence, config)
 
 
-def decision_for(finding: Finding, line: Line, evidence: Evidence) -> Decision:
-    """The verdict a finding leads to: rejected, or paid under the emergency exemption."""
+def decision_for(
+    finding: Finding, line: Line, evidence: Evidence, config: RulesConfig | None = None
+) -> Decision:
+    """The verdict a finding leads to: rejected, or paid under the emergency exemption.
+    The wording and articles are the profile's (``config.specs``), else the default table."""
     reason = finding[0]
-    spec = RULE_BY_REASON[reason]
-    detail = _detail(finding, line, evidence)
+    spec = (RULE_BY_REASON if config is None else config.specs)[reason]
+    detail = _detail(spec, finding, line, evidence)
     if line.emergency and spec.emergency_article is not None:
         return Decision(
             Verdict.ACCEPT_EMERGENCY,
@@ -240,7 +367,7 @@ def is_emergency_request(encounter: int, med_type: str, config: RulesConfig) -> 
     return encounter == ENCOUNTER_EMERGENCY or med_type.strip() in config.emergency_med_types
 
 
-# Reasons whose zh-CN detail names the service day: their decision is one day's only.
+# Reasons whose default zh-CN detail names the service day (a profile's: ``day_specific``).
 DAY_SPECIFIC_REASONS = frozenset(reason for reason, spec in RULE_BY_REASON.items() if "{date}" in spec.detail)
 
 
@@ -250,14 +377,12 @@ def _consulted_periods(line: Line, evidence: Evidence, config: RulesConfig) -> I
     Kept beside ``CHECKS``: a check that starts reading other dated data must add it here
     (the property tests compare ``decide_all`` with ``decide`` line by line)."""
     if evidence.institution is not None:
-        yield from evidence.institution.as_periods
+        yield from _institution_periods(evidence.institution, config)
     if evidence.departments is not None:
         yield from evidence.departments.by_department.get(line.department_code, ())
     record = evidence.staff.get(line.staff_code)
     if record is not None:
-        yield from record.by_institution.get(evidence.institution_code, ())
-        if config.national_cancellation:
-            yield from record.cancellations
+        yield from staff_periods(line, record, evidence, config)
 
 
 def consulted_periods_by_source(
@@ -282,7 +407,7 @@ def stable_days(line: Line, evidence: Evidence, config: RulesConfig, decision: D
     """The days around ``line.service_day`` on which ``line`` gets this very decision: no
     consulted period starts or ends inside them, so every check sees the same periods."""
     day = line.service_day
-    if decision.reason in DAY_SPECIFIC_REASONS:
+    if decision.reason in config.day_specific:
         return day, day
     low, high = -(2**62), 2**62
     for period in _consulted_periods(line, evidence, config):
@@ -305,11 +430,17 @@ def decide_all(lines: Sequence[Line], evidence: Evidence, config: RulesConfig) -
     decision over the run of days in which none of the periods consulted starts or ends, so
     a bill costs about one ``decide`` per staff member, not one per staff member and day.
     """
-    memo: dict[tuple[str, str, bool, bool], tuple[int, int, Decision]] = {}
+    memo: dict[tuple[str, str, bool, bool, str], tuple[int, int, Decision]] = {}
     out: list[Decision] = []
     append = out.append
     for line in lines:
-        key = (line.staff_code, line.department_code, line.emergency, not line.item_code.strip())
+        key = (
+            line.staff_code,
+            line.department_code,
+            line.emergency,
+            not line.item_code.strip(),
+            line.prescribing_institution,
+        )
         day = line.service_day
         known = memo.get(key)
         if known is not None and known[0] <= day <= known[1]:

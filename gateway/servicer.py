@@ -233,6 +233,7 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             reachable, degraded = False, True
             meta = self.store.meta
         status = pb.GatewayStatus(store_reachable=reachable, degraded=degraded)
+        status.policy_profile = self.settings.profile.name
         if meta is not None:
             status.data_version = meta.version
             status.data_as_of.FromNanoseconds(int(meta.as_of * 1e9))

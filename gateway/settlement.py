@@ -91,6 +91,7 @@ def parse_request(request: pb.ValidateRequest, config: RulesConfig, max_lines: i
                 request_emergency or line.emergency,
                 line.line_id,
                 line.amount_fen,
+                line.prescribing_institution_code.strip(),
             )
         )
     return ParsedRequest(institution, lines, request_emergency)

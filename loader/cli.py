@@ -26,6 +26,7 @@ from gateway.keys import Keys
 from gateway.logs import setup_logging
 from gateway.redis_client import sync_client
 from loader import progress
+from loader.bans import BanYears
 from loader.columns import KINDS, ColumnMapping
 from loader.demo import FORMATS, SCENARIOS, DemoSet, load_order
 from loader.lock import LockBusy
@@ -144,6 +145,8 @@ def _summary(result: SyncResult) -> str:
         )
     if result.report:
         lines.append(f"report    {result.report}")
+    if result.banned:
+        lines.append(f"bans      {result.banned:,} 正常 row(s) start inside a ban, see {result.bans_report}")
     if result.data_version:
         lines.append(f"version   {result.data_version}")
     if result.forced:
@@ -201,6 +204,7 @@ def _sync_options(args: argparse.Namespace, settings: Settings, mapping: ColumnM
         max_bad_ratio=args.max_bad_ratio,
         max_shrink_ratio=args.max_shrink_ratio,
         state=CountsFile(settings.state_dir, settings.namespace),
+        ban_years=BanYears(settings.profile.staff_ban_years(), settings.profile.institution_ban_years()),
     )
 
 

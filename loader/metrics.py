@@ -33,6 +33,12 @@ class LoaderMetrics:
             ["kind"],
             registry=registry,
         )
+        self.banned_rows = Counter(
+            "sgw_loader_banned_rows_total",
+            "正常 rows starting inside a ban after a 解除 or 注销 (000 §14, 002 §12, 004 §65).",
+            ["kind"],
+            registry=registry,
+        )
         self.duration = Histogram(
             "sgw_loader_sync_duration_seconds",
             "Time to load one file, from reading to the live pointer's move.",
@@ -55,7 +61,13 @@ class LoaderMetrics:
             registry=registry,
         )
         for kind in KINDS:
-            for family in (self.last_success, self.rows_loaded, self.rows_rejected, self.duration):
+            for family in (
+                self.last_success,
+                self.rows_loaded,
+                self.rows_rejected,
+                self.duration,
+                self.banned_rows,
+            ):
                 family.labels(kind)
         for outcome in Outcome:
             if outcome is not Outcome.USAGE:
@@ -66,6 +78,7 @@ class LoaderMetrics:
         if result.kind is None:
             return
         self.rows_rejected.labels(result.kind).inc(result.rejected)
+        self.banned_rows.labels(result.kind).inc(result.banned)
         if result.outcome in (Outcome.PUBLISHED, Outcome.PUBLISHED_WITH_REJECTS):
             self.last_success.labels(result.kind).set(now)
             if not result.unchanged:

@@ -63,6 +63,8 @@ def _mask_id(match: re.Match[str]) -> str:
         seen += 1
         out.append(ch if seen <= 6 or seen > 16 else "*")
     return "".join(out)
+
+
 # OWASP, "CSV Injection": cells starting with these are evaluated by spreadsheet software.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The first bytes of every report this module writes (CSV with a BOM, or a JSON object).

@@ -26,8 +26,10 @@ import orjson
 
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
 from gateway.versions import Source, VersionMeta
-from loader import build, guards, report
+from loader import bans, build, guards, report
+from loader.bans import BanYears
 from loader.columns import CANONICAL, KINDS, ColumnMapping, detect_kind, required_columns
+from loader.departures import Departures
 from loader.progress import NoProgress, Progress
 from loader.publish import DeltaPart, FullPart, Publisher
 from loader.reading import FileFormatError, Table, open_export, open_table, scan_file
@@ -69,6 +71,8 @@ class SyncOptions:
     allow_incomplete: bool = False
     # Where the last published counts are kept outside the store (None: not kept).
     state: CountsFile | None = None
+    # Ban lengths after 解除/注销 (the policy profile's): banned 正常 rows are reported.
+    ban_years: BanYears = field(default_factory=BanYears)
 
 
 @dataclass
@@ -93,6 +97,9 @@ class SyncResult:
     data_version: str | None = None
     unchanged: bool = False
     forced: list[str] = field(default_factory=list)
+    # 正常 rows that start inside a ban (loader/bans.py), and their report.
+    banned: int = 0
+    bans_report: str | None = None
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -141,9 +148,10 @@ def _loaded_otherwise(meta: VersionMeta | None, kind: str, sha256: str) -> bool:
 
 
 def _validate(
-    table: Table, validator: RowValidator, progress: Progress
+    table: Table, validator: RowValidator, progress: Progress, departures: Departures | None = None
 ) -> tuple[dict[str, list[Any]], list[RowError]]:
-    """Entries grouped by record key, and the rejected rows, in file order."""
+    """Entries grouped by record key, and the rejected rows, in file order (with the 封锁 an
+    employment end date implies, ``loader.departures``)."""
     groups: dict[str, list[Any]] = {}
     errors: list[RowError] = []
     damaged = table.damaged_rows
@@ -166,9 +174,15 @@ def _validate(
         key = checked[1]  # the record key: staff code, institution code, or institution
         group = groups.get(key)
         if group is None:
-            groups[key] = [checked]
+            group = groups[key] = [checked]
         else:
             group.append(checked)
+        if departures is not None:
+            derived_error = departures.add(checked, cells, group)  # type: ignore[arg-type]
+            if derived_error is not None:
+                errors.append(derived_error)
+                if not group:
+                    del groups[key]
     return groups, errors
 
 
@@ -311,24 +325,26 @@ def _prepare(
         )
 
     validator = RowValidator(kind, headers, options.shapes, options.mapping, spec.delta, options.keep_names)
+    departures = Departures.for_headers(table.headers) if kind == "staff" else None
     try:
-        groups, errors = _validate(table, validator, bar)
+        groups, errors = _validate(table, validator, bar, departures)
     except FileFormatError as exc:
         return refused(f"cannot read the file: {exc}")
     result.rejected = len(errors)
-    result.accepted = sum(map(len, groups.values()))
+    result.accepted = sum(map(len, groups.values())) - (departures.derived if departures else 0)
     result.rows = result.accepted + result.rejected
     report_path = options.report or report.default_path(path)
     if errors:
         try:
             report.write(report_path, path, errors)
         except report.ReportRefused as exc:
-            return finish(Outcome.REFUSED, f"{exc}; nothing loaded")
+            return refused(f"{exc}; nothing loaded")
         result.report = str(report_path)
         result.rejected_by_reason = report.by_reason(errors)
     elif options.report is None:
         report.remove_stale(report_path)  # an earlier run's report of this file is stale now
 
+    result.banned, result.bans_report = bans.report(kind, groups, options.ban_years, path)
     if result.rows == 0:
         return refused("the file has a header but no data rows")
     bad_ratio = len(errors) / result.rows
