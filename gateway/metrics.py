@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from operator import attrgetter
 from types import TracebackType
 
@@ -159,6 +160,38 @@ class RedisCallTimer:
 _staff_code = attrgetter("staff_code")
 # The one staff_code label value for every code of no valid shape (sgw_staff_code_share).
 MALFORMED_CODE_LABEL = "(malformed)"
+_amount_fen = attrgetter("amount_fen")
+_is_charge = (0).__lt__  # 0 < amount
+_is_refund = (0).__gt__  # 0 > amount
+
+
+def amounts_by_verdict(
+    amounts: Sequence[int], keys: Sequence[int], verdict_of: Mapping[int, Verdict]
+) -> dict[tuple[Verdict, bool], int]:
+    """Line amounts summed by (verdict, is refund), refunds as positive values; zero sums are
+    left out. ``keys[i]`` names line ``i``'s decision and ``verdict_of`` its verdict.
+
+    One C pass (``compress``) per verdict the bill has, at most three, instead of a Python
+    step per line: a bill has many lines but few verdicts."""
+    verdicts = set(verdict_of.values())
+    if len(verdicts) == 1:
+        groups = {verdicts.pop(): amounts}
+    else:
+        groups = {}
+        for verdict in verdicts:
+            selected = {key: v is verdict for key, v in verdict_of.items()}
+            groups[verdict] = list(compress(amounts, map(selected.__getitem__, keys)))
+    refunds = min(amounts, default=0) < 0
+    sums: dict[tuple[Verdict, bool], int] = {}
+    for verdict, group in groups.items():
+        charged = sum(filter(_is_charge, group)) if refunds else sum(group)
+        if charged:
+            sums[verdict, False] = charged
+        if refunds:
+            refunded = -sum(filter(_is_refund, group))
+            if refunded:
+                sums[verdict, True] = refunded
+    return sums
 
 
 class GatewayMetrics:
@@ -330,12 +363,17 @@ class GatewayMetrics:
     ) -> None:
         """Count one judged settlement (``decisions`` in the order of ``lines``).
 
-        Lines are grouped by decision object (``decide_all`` shares one per distinct outcome),
-        counted in C where possible, and the enum-keyed work is done once per distinct
-        decision rather than once per line.
+        Lines are grouped by decision object (``decide_all`` shares one per distinct outcome)
+        and each metric is incremented once per group with the group's count or amount, never
+        once per line. The grouping and the sums run in C (``Counter``, ``dict``, ``map``,
+        ``compress``, ``sum``), so no Python statement runs per line (figures in
+        ``benchmarks/RESULTS.md``, "Reply bytes and line counting").
         """
-        # Counter(...) counts in C; only lines with an amount need a Python step.
-        count = Tally(map(id, decisions))
+        if len(lines) != len(decisions):
+            raise ValueError(f"{len(lines)} lines but {len(decisions)} decisions")
+        keys = list(map(id, decisions))
+        count = Tally(keys)
+        decision_of = dict(zip(keys, decisions, strict=True))
         codes = Tally(map(_staff_code, lines))
         codes.pop("", None)
         is_staff_code = self.config.shapes.is_staff_code
@@ -343,26 +381,13 @@ class GatewayMetrics:
         if malformed:
             # Never a label: a code of no valid shape may be an ID number typed into the field.
             codes[MALFORMED_CODE_LABEL] = sum(codes.pop(code) for code in malformed)
-        decision_of: dict[int, Decision] = {}
-        charged: dict[int, int] = {}
-        refunded: dict[int, int] = {}
-        for line, decision in zip(lines, decisions, strict=True):
-            amount = line.amount_fen
-            if amount > 0:
-                key = id(decision)
-                charged[key] = charged.get(key, 0) + amount
-            elif amount < 0:
-                key = id(decision)
-                refunded[key] = refunded.get(key, 0) - amount
-        for decision in decisions:
-            decision_of.setdefault(id(decision), decision)
-            if len(decision_of) == len(count):
-                break
+        amounts = amounts_by_verdict(
+            list(map(_amount_fen, lines)), keys, {key: d.verdict for key, d in decision_of.items()}
+        )
 
         children = self._children_for(institution)
         by_verdict: dict[Verdict, int] = {}
         faults: dict[Reason, int] = {}
-        amounts: dict[tuple[Verdict, bool], int] = {}
         line_children = self._line_children
         uncoded_items = False
         for key, n in count.items():
@@ -374,10 +399,6 @@ class GatewayMetrics:
                 faults[reason] = faults.get(reason, 0) + n
             elif reason is Reason.ITEM_CODE_MISSING:
                 uncoded_items = True
-            if key in charged:
-                amounts[verdict, False] = amounts.get((verdict, False), 0) + charged[key]
-            if key in refunded:
-                amounts[verdict, True] = amounts.get((verdict, True), 0) + refunded[key]
         if uncoded_items:
             # Reported before the staff code is checked: check it here for the match ratio.
             self._count_uncoded_item_faults(lines, decisions, faults)

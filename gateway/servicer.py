@@ -124,7 +124,7 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
 
     async def judge(
         self, request: pb.ValidateRequest | Undecodable, context: ServicerContext | None = None
-    ) -> pb.ValidateResponse:
+    ) -> bytes:
         """One settlement's verdicts; raises RequestError, AccessDenied, DeadlinePassed or
         Unavailable."""
         received = time.perf_counter()
@@ -177,7 +177,7 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
 
     async def _judge_or_abort(
         self, request: pb.ValidateRequest | Undecodable, context: ServicerContext, label: str = ""
-    ) -> pb.ValidateResponse:
+    ) -> bytes:
         """``judge``, with each whole-request fault turned into its status code."""
         try:
             return await self.judge(request, context)
@@ -192,18 +192,20 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{label}{exc}")
         raise AssertionError("unreachable")  # abort() always raises
 
-    async def Validate(
+    # Validate and ValidateStream answer with the reply's wire bytes (``build_response``;
+    # ``add_to_server`` registers no serializer), where the generated base class types messages.
+    async def Validate(  # type: ignore[override]
         self, request: pb.ValidateRequest | Undecodable, context: ServicerContext
-    ) -> pb.ValidateResponse:
+    ) -> bytes:
         await self._refuse_if_draining(context)
         self._track(context)
         return await self._judge_or_abort(request, context)
 
-    async def ValidateStream(
+    async def ValidateStream(  # type: ignore[override]
         self,
         request_iterator: AsyncIterator[pb.ValidateRequest | Undecodable],
         context: ServicerContext,
-    ) -> AsyncIterator[pb.ValidateResponse]:
+    ) -> AsyncIterator[bytes]:
         # One request is judged and its reply written before the next is read: a client that
         # stops reading stalls only its own stream (HTTP/2 flow control), never the server.
         await self._refuse_if_draining(context)
@@ -258,12 +260,12 @@ def add_to_server(servicer: SettlementGateway, server: grpc.aio.Server) -> None:
         "Validate": grpc.unary_unary_rpc_method_handler(
             servicer.Validate,
             request_deserializer=decoder(pb.ValidateRequest),
-            response_serializer=pb.ValidateResponse.SerializeToString,
+            response_serializer=None,  # build_response returns the encoded ValidateResponse
         ),
         "ValidateStream": grpc.stream_stream_rpc_method_handler(
             servicer.ValidateStream,
             request_deserializer=decoder(pb.ValidateRequest),
-            response_serializer=pb.ValidateResponse.SerializeToString,
+            response_serializer=None,  # likewise
         ),
         "GetStatus": grpc.unary_unary_rpc_method_handler(
             servicer.GetStatus,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from itertools import compress
+from operator import attrgetter
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from gateway import reply
 from gateway.days import (
     CST_OFFSET_SECONDS,
     SECONDS_PER_DAY,
@@ -26,6 +28,8 @@ from gateway.rules import Decision, Line, RulesConfig, is_emergency_request
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+
+_amount_fen = attrgetter("amount_fen")
 
 
 class RequestError(ValueError):
@@ -97,19 +101,6 @@ def parse_request(request: pb.ValidateRequest, config: RulesConfig, max_lines: i
     return ParsedRequest(institution, lines, request_emergency)
 
 
-def _verdict_template(decision: Decision) -> pb.LineVerdict:
-    # Empty strings are the proto3 default: not set, not encoded.
-    template = pb.LineVerdict(
-        verdict=cast("pb.Verdict.ValueType", decision.verdict.value),
-        reason=cast("pb.Reason.ValueType", decision.reason.value),
-    )
-    if decision.detail:
-        template.detail = decision.detail
-    if decision.rule:
-        template.rule = decision.rule
-    return template
-
-
 def build_response(
     request_id: str,
     lines: Sequence[Line],
@@ -117,43 +108,42 @@ def build_response(
     data_version: str,
     data_as_of: float,
     degraded: bool,
-) -> pb.ValidateResponse:
-    """Assemble the reply; totals that overflow int64 are a ``RequestError``.
+) -> bytes:
+    """The reply as ``ValidateResponse`` wire bytes (``gateway.reply`` says how and why);
+    totals that overflow int64 are a ``RequestError``.
 
-    A bill has a handful of distinct decisions however many lines it has: each becomes one
-    prepared ``LineVerdict``, copied per line by ``extend`` (in C), so per line only the
-    ``line_id`` is set from Python."""
-    response = pb.ValidateResponse(request_id=request_id, data_version=data_version, degraded=degraded)
-    response.data_as_of.FromNanoseconds(int(data_as_of * 1e9))
-    templates: dict[int, pb.LineVerdict] = {}  # by id(): decisions are shared, not copied
-    per_line: list[pb.LineVerdict] = []
-    append = per_line.append
-    accepted = rejected = 0
-    rejected_lines = 0
-    reject = Verdict.REJECT
-    for line, decision in zip(lines, decisions, strict=True):
-        template = templates.get(id(decision))
-        if template is None:
-            template = templates[id(decision)] = _verdict_template(decision)
-        append(template)
-        if decision.verdict is reject:
-            rejected += line.amount_fen
-            rejected_lines += 1
-        else:
-            accepted += line.amount_fen
+    The totals, like the entries, take no Python step per line: which lines are rejected is
+    looked up per distinct decision and the amounts summed by ``sum``/``compress`` in C."""
+    keys = list(map(id, decisions))  # decisions are shared, not copied: identity groups them
+    if len(keys) != len(lines):
+        raise ValueError(f"{len(lines)} lines but {len(keys)} decisions")
+    distinct = dict(zip(keys, decisions, strict=True))
+    amounts = list(map(_amount_fen, lines))
+    rejected_keys = {key: decision.verdict is Verdict.REJECT for key, decision in distinct.items()}
+    if any(rejected_keys.values()):
+        rejected_flags = list(map(rejected_keys.__getitem__, keys))
+        rejected = sum(compress(amounts, rejected_flags))
+        rejected_lines = sum(rejected_flags)
+    else:
+        rejected = rejected_lines = 0
+    accepted = sum(amounts) - rejected
     if not (INT64_MIN <= accepted <= INT64_MAX and INT64_MIN <= rejected <= INT64_MAX):
         raise RequestError("the settlement's totals overflow int64 (amount_fen)")
-    verdicts = response.verdicts
-    verdicts.extend(per_line)
-    for verdict, line in zip(verdicts, lines, strict=True):
-        if line.line_id:
-            verdict.line_id = line.line_id
-    response.accepted_fen = accepted
-    response.rejected_fen = rejected
     if rejected_lines == 0:
-        response.outcome = pb.ALL_ACCEPTED
-    elif rejected_lines == len(decisions):
-        response.outcome = pb.ALL_REJECTED
+        outcome = pb.ALL_ACCEPTED
+    elif rejected_lines == len(keys):
+        outcome = pb.ALL_REJECTED
     else:
-        response.outcome = pb.PARTIALLY_REJECTED
-    return response
+        outcome = pb.PARTIALLY_REJECTED
+    return b"".join(
+        (
+            reply.string_field(reply.RESPONSE_REQUEST_ID, request_id),
+            reply.varint_field(reply.RESPONSE_OUTCOME, outcome),
+            reply.verdict_entries(lines, keys, distinct),
+            reply.varint_field(reply.RESPONSE_ACCEPTED_FEN, accepted),
+            reply.varint_field(reply.RESPONSE_REJECTED_FEN, rejected),
+            reply.string_field(reply.RESPONSE_DATA_VERSION, data_version),
+            reply.length_delimited(reply.RESPONSE_DATA_AS_OF, reply.timestamp(int(data_as_of * 1e9))),
+            reply.varint_field(reply.RESPONSE_DEGRADED, degraded),
+        )
+    )

@@ -87,7 +87,8 @@ def build_response(
     req: pb.ValidateRequest, decisions: list[Decision], version: str, as_of: float, degraded: bool
 ) -> pb.ValidateResponse:
     lines = parse_request(req, CONFIG, 10).lines
-    return settlement.build_response(req.request_id, lines, decisions, version, as_of, degraded)
+    encoded = settlement.build_response(req.request_id, lines, decisions, version, as_of, degraded)
+    return pb.ValidateResponse.FromString(encoded)
 
 
 def test_totals_and_outcome() -> None:
