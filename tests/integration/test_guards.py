@@ -173,6 +173,7 @@ def test_a_version_without_staff_or_institutions_is_refused_unless_forced(
         and "incomplete version: no staff" in forced.stdout
     )
     assert live_meta(sync_redis).missing_kinds() == ("staff",)  # type: ignore[union-attr]
+    assert "INCOMPLETE no staff records" in loader("status", env=env).stdout
     assert loader("sync", str(staff), env=env).returncode == 0  # complete now
     assert live_meta(sync_redis).missing_kinds() == ()  # type: ignore[union-attr]
 
