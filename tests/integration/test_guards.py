@@ -342,3 +342,18 @@ def test_watch_publishes_files_landing_together_as_one_version(
         proc.kill()
     loaded = sorted(p.name.split("_", 1)[1] for p in (inbox / "loaded").iterdir())
     assert loaded == ["daily.manifest", "departments.xlsx", "institutions.csv", "staff-2.csv", "staff.csv"]
+
+
+def test_the_quick_start_publishes_the_demo_set_as_one_complete_version(
+    redis_url: str, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    from gateway.config import Settings
+    from loader.quickstart import ensure_demo_data
+
+    version = ensure_demo_data(redis_url, Settings(redis_url=redis_url, state_dir=tmp_path), staff=50)
+    meta = live_meta(sync_redis)
+    assert meta is not None and meta.version == version and meta.missing_kinds() == ()
+    assert sync_redis.llen(KEYS.history) == 1 and set(meta.tables) == {"staff", "institution", "department"}
+    assert (
+        ensure_demo_data(redis_url, Settings(redis_url=redis_url, state_dir=tmp_path)) is None
+    )  # left alone
