@@ -66,7 +66,8 @@ MAX_SOURCES_PER_KIND = 200
 # KEYS: live, new meta, history, retired, staging, switching, previous meta, then for each
 #       table of the version: its new (staged) table, the table it replaces
 # ARGV: expected live ('' none), new version, now, meta ttl, history length, number of
-#       tables n, n retire flags (0/1: whether a replaced table exists), meta field/value pairs...
+#       tables n, n flags (two characters: '1' if a replaced table exists to retire, then '1'
+#       if the new table holds records and so must exist), meta field/value pairs...
 # Every table of one publish (one or several files) goes live in the same step. The new
 # version's metadata never expires while live; the one it replaces is kept
 # VERSION_META_TTL_SECONDS for disputes.
@@ -76,7 +77,10 @@ if live ~= ARGV[1] then return redis.error_reply('CONFLICT live version is now '
 if redis.call('GET', KEYS[6]) ~= ARGV[2] then return redis.error_reply('SWITCH mark gone') end
 local n = tonumber(ARGV[6])
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[6 + 2 * i]) == 0 then return redis.error_reply('STAGING table vanished') end
+  local must_exist = string.sub(ARGV[6 + i], 2, 2) == '1'
+  if must_exist and redis.call('EXISTS', KEYS[6 + 2 * i]) == 0 then
+    return redis.error_reply('STAGING table vanished')
+  end
 end
 redis.call('DEL', KEYS[6])
 redis.call('HSET', KEYS[2], unpack(ARGV, 7 + n))
@@ -84,7 +88,7 @@ if live ~= '' then redis.call('EXPIRE', KEYS[7], ARGV[4]) end
 for i = 1, n do
   redis.call('PERSIST', KEYS[6 + 2 * i])
   redis.call('ZREM', KEYS[5], KEYS[6 + 2 * i])
-  if ARGV[6 + i] == '1' then redis.call('ZADD', KEYS[4], ARGV[3], KEYS[7 + 2 * i]) end
+  if string.sub(ARGV[6 + i], 1, 1) == '1' then redis.call('ZADD', KEYS[4], ARGV[3], KEYS[7 + 2 * i]) end
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('LPUSH', KEYS[3], ARGV[2])
@@ -399,7 +403,8 @@ class Publisher:
         for part, table_key in zip(staged, table_keys, strict=True):
             old_table = base.tables.get(part.kind) if base else None
             keys += [table_key, self.keys.table(part.kind, old_table) if old_table else table_key]
-            retire.append("1" if old_table else "0")
+            # An empty table (a forced delta removing every record) is no hash in Redis.
+            retire.append(("1" if old_table else "0") + ("1" if part.count > 0 else "0"))
         args = [
             base.version if base else "",
             meta.version,

@@ -32,6 +32,8 @@ def live_status(publisher: Publisher, now: float | None = None) -> dict[str, Any
         "as_of": _iso(meta.as_of),
         "age_seconds": round((now or time.time()) - meta.as_of, 1),
         "counts": dict(meta.counts),
+        # Kinds the version lacks: gateways do not serve it (only a forced publish makes one).
+        "missing_kinds": list(meta.missing_kinds()),
         "tables": dict(meta.tables),
         "sources": [{**s.to_json(), "loaded_at": _iso(s.loaded_at)} for s in meta.sources],
         "rows": sum(s.rows for s in meta.sources),
@@ -51,6 +53,11 @@ def render_status(status: dict[str, Any] | None) -> str:
         "counts    " + "  ".join(f"{kind} {count:,}" for kind, count in status["counts"].items()),
         f"rows      {status['rows']:,} from {len(status['sources'])} file(s), {status['rejected']:,} rejected",
     ]
+    if status.get("missing_kinds"):
+        lines.append(
+            f"INCOMPLETE no {' and '.join(status['missing_kinds'])} records: gateways do not serve this "
+            "version and answer from their caches; publish the missing kind"
+        )
     for s in status["sources"]:
         # Files loaded with other options (mapping, code shapes, names) show other fingerprints;
         # "-" marks a file recorded before fingerprints were.

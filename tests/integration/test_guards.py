@@ -173,6 +173,7 @@ def test_a_version_without_staff_or_institutions_is_refused_unless_forced(
         and "incomplete version: no staff" in forced.stdout
     )
     assert live_meta(sync_redis).missing_kinds() == ("staff",)  # type: ignore[union-attr]
+    assert "INCOMPLETE no staff records" in loader("status", env=env).stdout
     assert loader("sync", str(staff), env=env).returncode == 0  # complete now
     assert live_meta(sync_redis).missing_kinds() == ()  # type: ignore[union-attr]
 
@@ -341,3 +342,39 @@ def test_watch_publishes_files_landing_together_as_one_version(
         proc.kill()
     loaded = sorted(p.name.split("_", 1)[1] for p in (inbox / "loaded").iterdir())
     assert loaded == ["daily.manifest", "departments.xlsx", "institutions.csv", "staff-2.csv", "staff.csv"]
+
+
+def test_the_quick_start_publishes_the_demo_set_as_one_complete_version(
+    redis_url: str, tmp_path: Path, sync_redis: redis.Redis
+) -> None:
+    from gateway.config import Settings
+    from loader.quickstart import ensure_demo_data
+
+    version = ensure_demo_data(redis_url, Settings(redis_url=redis_url, state_dir=tmp_path), staff=50)
+    meta = live_meta(sync_redis)
+    assert meta is not None and meta.version == version and meta.missing_kinds() == ()
+    assert sync_redis.llen(KEYS.history) == 1 and set(meta.tables) == {"staff", "institution", "department"}
+    assert (
+        ensure_demo_data(redis_url, Settings(redis_url=redis_url, state_dir=tmp_path)) is None
+    )  # left alone
+
+
+def test_a_forced_set_may_empty_a_kind(publisher: Publisher, tmp_path: Path, sync_redis: redis.Redis) -> None:
+    institutions, _, staff = a_set(tmp_path, staff=5)
+    assert (
+        sync_files([FileSpec(institutions), FileSpec(staff)], publisher, SyncOptions()).outcome
+        is Outcome.PUBLISHED
+    )
+    more = write_csv(tmp_path / "i2.csv", HEADERS["institution"], [institution_row()])
+    gone = tmp_path / "staff-gone.csv"
+    gone.write_text(
+        "人员代码,定点机构代码,协议状态\n" + "".join(f"{c},,删除\n" for c in staff_codes(5)), "utf-8"
+    )
+    specs = [FileSpec(more), FileSpec(gone, delta=True)]
+    refused = sync_files(specs, publisher, SyncOptions())
+    assert refused.outcome is Outcome.REFUSED and "no staff records" in refused.message
+    forced = sync_files(specs, publisher, SyncOptions(force=True))
+    assert forced.outcome is Outcome.PUBLISHED, forced.message
+    meta = live_meta(sync_redis)
+    assert meta is not None and meta.missing_kinds() == ("staff",) and meta.counts["staff"] == 0
+    assert sync_redis.zcard(KEYS.staging) == 0
