@@ -74,10 +74,12 @@ def _what(mode: int) -> str:
 
 
 def _not_regular(path: Path, mode: int) -> FileFormatError:
-    return FileFormatError(
-        f"{path} is {_what(mode)}, not a regular file: the loader reads only an export file "
-        "itself, never through a link (copy or move the export there instead)"
+    advice = (
+        "the loader never reads through a link (copy or move the export itself there)"
+        if stat.S_ISLNK(mode)
+        else "the loader reads only regular files"
     )
+    return FileFormatError(f"{path} is {_what(mode)}, not a regular file: {advice}")
 
 
 def printable(text: str, limit: int = 200) -> str:
