@@ -142,7 +142,7 @@ class Settings:
     tls_clients: Path | None = None
     # -- audit trail (gateway/audit.py) --
     audit: bool = True
-    # Approximate cap of the audit stream (entries); each is ~250 bytes in Redis.
+    # Approximate cap of the audit stream without an archive (entries); each is ~1 KB in Redis.
     audit_max_entries: int = 5_000_000
     # Audit records waiting to be written; beyond it they are dropped and counted.
     audit_queue_lines: int = 200_000

@@ -440,3 +440,23 @@ async def test_a_time_range_excludes_records_outside_it(redis_url: str) -> None:
     utc = await run_audit(redis_url, "--since", "2026-11-24T15:59:59.999Z", "--staff", SUSPENDED)
     assert line_ids(utc) == ["last-ms-of-24th", "first-ms-of-25th", "december"]
     assert await run_audit(redis_url, "--since", "2026-11-02", "--until", "2026-11-22") == []
+
+
+# -- archived or not -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dsn", [None, "host=db.example dbname=sgw_audit"])
+async def test_the_gateway_says_at_start_whether_the_trail_is_archived(
+    settings: Settings, dsn: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.server")
+    app = GatewayApp(replace(settings, audit_dsn=dsn), settings.redis_url or "")
+    await app.start()
+    try:
+        assert app.audit is not None and app.audit.archived is (dsn is not None)
+        said = [
+            r.getMessage() for r in caplog.records if r.getMessage().startswith("audit trail not archived")
+        ]
+        assert len(said) == (0 if dsn else 1)
+    finally:
+        await app.stop(0.5)

@@ -443,3 +443,48 @@ def test_an_insert_and_select_only_role_archives_and_reads(
     assert verify(limited) == (0, [])
     with psycopg.connect(limited) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("UPDATE audit_record SET verdict = 'ACCEPT'")
+
+
+def test_the_archiver_runs_until_sigterm_and_serves_its_metrics(redis_url: str, dsn: str) -> None:
+    import time
+    import urllib.request
+
+    from tests.scrape import parse
+
+    client = redis.Redis.from_url(redis_url)
+    chain = Chain("running-archiver")
+    for i in range(5):
+        client.xadd(
+            Keys().audit, {"r": chain.seal({"time": "2026-11-24T04:00:00.000Z", "settlement_id": f"R{i}"})}
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "settlement-gateway"), "audit-archive", "--redis-url", redis_url, "--dsn", dsn,
+         "--metrics-listen", f"127.0.0.1:{port}"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("SGW_")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+                    scraped = parse(response.read().decode())
+                if scraped.value("sgw_audit_archived_records_total") == 5 and scraped.value(
+                    "sgw_audit_archive_last_success_timestamp_seconds"
+                ):
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the archiver did not archive"
+            time.sleep(0.2)
+        assert scraped.value("sgw_audit_stream_entries") == 0
+        assert int(client.xlen(Keys().audit)) == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.close()
+    assert len(archived(dsn, "--since", "2000-01-01")) == 5
