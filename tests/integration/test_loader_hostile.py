@@ -17,7 +17,16 @@ import pytest
 
 from loader.reading import MAX_FILE_BYTES
 from tests.conftest import free_port
-from tests.exports import HEADERS, staff_row, write_csv, write_ods, write_xls, write_xlsx
+from tests.exports import (
+    HEADERS,
+    institution_row,
+    load_into,
+    staff_row,
+    write_csv,
+    write_ods,
+    write_xls,
+    write_xlsx,
+)
 from tests.integration.test_loader_cli import loader, scrape, start_watch, wait_for
 
 GOOD = [staff_row(code=f"D330902{i:06d}") for i in range(40)]
@@ -27,6 +36,11 @@ SECRET = "D330902999999"
 
 @pytest.fixture
 def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """The loader's environment, with institutions already live: each test loads one staff file,
+    and a version needs both kinds."""
+    live = tmp_path / "live"
+    live.mkdir()
+    load_into(redis_url, live, "institution", [institution_row()])
     base = {k: v for k, v in os.environ.items() if not k.startswith("SGW_")}
     return {**base, "SGW_REDIS_URL": redis_url, "SGW_STATE_DIR": str(tmp_path / "state")}
 
@@ -47,7 +61,8 @@ def test_sync_refuses_a_link_and_never_reads_its_target(env: dict[str, str], tmp
     assert refused.returncode == 4, refused.stdout + refused.stderr
     assert "symbolic link" in refused.stdout
     assert SECRET not in refused.stdout + refused.stderr
-    assert loader("status", "--json", env=env).returncode == 1  # nothing was published
+    status = orjson.loads(loader("status", "--json", env=env).stdout)
+    assert [Path(s["path"]).name for s in status["sources"]] == ["institution.csv"]  # nothing new
 
 
 def test_sync_refuses_fifos_devices_and_directories(env: dict[str, str], tmp_path: Path) -> None:
@@ -95,7 +110,7 @@ def test_watch_refuses_links_and_special_files_and_writes_through_no_link(
     assert refused["passwd.csv"].is_symlink() and refused["folder.csv"].is_dir()
     assert SECRET not in log and "symbolic link" in log and "not a previous report" in log
     status = orjson.loads(loader("status", "--json", env=env).stdout)
-    assert [Path(s["path"]).name for s in status["sources"]] == ["y.csv"]
+    assert [Path(s["path"]).name for s in status["sources"]] == ["institution.csv", "y.csv"]
 
 
 @pytest.mark.parametrize("planted", [".settlement-loader-watch.lock", "refused"])

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.config import Settings
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
+from gateway.policy import Reason, Verdict
 from gateway.server import GatewayApp
 from tests.conftest import Loader, RedisProcess, free_port
 from tests.exports import (
@@ -213,7 +214,7 @@ async def test_lines_amounts_and_per_institution_counts(
         ("REJECT", "STAFF_CODE_MALFORMED"): 1,
         ("REJECT", "ITEM_CODE_MISSING"): 3,
     }
-    assert len(lines) == 4 * 15  # every verdict x reason pair exists, at zero if unused
+    assert len(lines) == len(Verdict) * len(Reason)  # every verdict x reason pair exists, at zero if unused
 
     def amount(verdict: str, direction: str) -> float | None:
         return s.value("sgw_amount_fen_total", verdict=verdict, direction=direction)

@@ -11,7 +11,7 @@ import grpc
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.profiles.loading import SHIPPED
-from tests.exports import HEADERS, HOSPITAL, staff_row, write_csv
+from tests.exports import HEADERS, HOSPITAL, institution_row, load_into, staff_row, write_csv
 from tests.integration.test_cli import BIN, base_env, run_loader, start_gateway, wait_ready
 
 
@@ -84,6 +84,9 @@ def test_the_loader_reports_banned_rows_with_the_profiles_ban_lengths(tmp_path: 
         [staff_row(status="解除", start="2025-09-01", end="2025-12-31"), staff_row(start="2026-03-01")],
     )
     env = base_env(tmp_path, SGW_REDIS_URL=redis_url, SGW_POLICY_PROFILE="zhoushan")
+    live = tmp_path / "live"
+    live.mkdir()
+    load_into(redis_url, live, "institution", [institution_row()])  # a version needs both kinds
     result = run_loader("sync", str(path), "--kind", "staff", env=env)
     assert result.returncode == 0, result.stderr
     assert f"bans      1 正常 row(s) start inside a ban, see {path}.bans.csv" in result.stdout

@@ -82,7 +82,8 @@ def exports_loaded(publisher: Publisher, tmp_path: Path) -> dict[str, int]:
     banned: dict[str, int] = {}
     for kind, headers, rows in files:
         path = write_csv(tmp_path / f"{kind}.csv", headers, rows)
-        result = sync_file(path, publisher, SyncOptions(kind=kind, **options))  # type: ignore[arg-type]
+        # The set is built one kind at a time: the completeness guard is waived until staff come.
+        result = sync_file(path, publisher, SyncOptions(kind=kind, allow_incomplete=True, **options))  # type: ignore[arg-type]
         assert result.outcome is Outcome.PUBLISHED, result.message
         banned[kind] = result.banned
         if result.banned:
