@@ -91,9 +91,9 @@ def judged_bill(lines: int) -> tuple[pb.ValidateRequest, list[Line], list[Decisi
     return request, parsed.lines, decide_all(parsed.lines, evidence, config)
 
 
-def per_line_us(fn: Callable[[], object], lines: int) -> float:
+def per_line_us(fn: Callable[[], object], lines: int, lines_per_timing: int) -> float:
     """CPU time, not wall time: on a shared machine the wait for a core is not the code's cost."""
-    calls = max(1, LINES_PER_TIMING // lines)
+    calls = max(1, lines_per_timing // lines)
     started = time.thread_time()
     for _ in range(calls):
         fn()
@@ -101,24 +101,29 @@ def per_line_us(fn: Callable[[], object], lines: int) -> float:
 
 
 def measure(
-    size: int, runs: int, old_settlement: types.ModuleType, old_metrics: types.ModuleType
+    size: int,
+    runs: int,
+    lines_per_timing: int,
+    old_settlement: types.ModuleType,
+    old_metrics: types.ModuleType,
 ) -> dict[str, float]:
     """Median µs per line of each variant for bills of ``size`` lines."""
     request, lines, decisions = judged_bill(size)
     rid, version = request.request_id, "20261201T000000Z-abcdef"
     config, evidence = RulesConfig(), staff_pool()[1]
-    old_reply = old_settlement.build_response(
-        rid, lines, decisions, version, 1.7e9, False
-    ).SerializeToString()
+
+    def old_reply() -> bytes:
+        # The message, serialized as gRPC did (a baseline that already returns bytes as is).
+        built = old_settlement.build_response(rid, lines, decisions, version, 1.7e9, False)
+        return built if isinstance(built, bytes) else built.SerializeToString()
+
     new_reply = settlement.build_response(rid, lines, decisions, version, 1.7e9, False)
-    if pb.ValidateResponse.FromString(old_reply) != pb.ValidateResponse.FromString(new_reply):
+    if pb.ValidateResponse.FromString(old_reply()) != pb.ValidateResponse.FromString(new_reply):
         raise SystemExit(f"{size} lines: the old and the new reply differ")
     old_gauges = old_metrics.GatewayMetrics(CollectorRegistry())
     new_gauges = GatewayMetrics(CollectorRegistry())
     variants: dict[str, Callable[[], object]] = {
-        "reply old": lambda: old_settlement.build_response(
-            rid, lines, decisions, version, 1.7e9, False
-        ).SerializeToString(),
+        "reply old": old_reply,
         "reply new": lambda: settlement.build_response(rid, lines, decisions, version, 1.7e9, False),
         "metrics old": lambda: old_gauges.observe_settlement(HOSPITAL, lines, decisions, False),
         "metrics new": lambda: new_gauges.observe_settlement(HOSPITAL, lines, decisions, False),
@@ -127,11 +132,11 @@ def measure(
         ),
     }
     for fn in variants.values():  # warm-up
-        per_line_us(fn, size)
+        per_line_us(fn, size, lines_per_timing)
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(runs):
         for name, fn in variants.items():
-            samples[name].append(per_line_us(fn, size))
+            samples[name].append(per_line_us(fn, size, lines_per_timing))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -140,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="20,200,3000", help="bill sizes in lines, comma-separated")
     parser.add_argument("--runs", type=int, default=9, help="interleaved repetitions (median reported)")
     parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision of the old code")
+    parser.add_argument("--lines-per-timing", type=int, default=LINES_PER_TIMING)
     parser.add_argument("--output", type=Path, default=RESULTS, help="RESULTS.md to update; '-' prints only")
     args = parser.parse_args(argv)
     old_settlement = load_baseline(args.baseline, "gateway/settlement.py", "baseline_settlement")
     old_metrics = load_baseline(args.baseline, "gateway/metrics.py", "baseline_metrics")
     started, load_before = time.monotonic(), load_average()
     results = {
-        int(size): measure(int(size), args.runs, old_settlement, old_metrics)
+        int(size): measure(int(size), args.runs, args.lines_per_timing, old_settlement, old_metrics)
         for size in args.sizes.split(",")
     }
     load_after = load_average()
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.monotonic() - started:.0f} s; load average (1/5/15 min) before {load_before}, "
         f"after {load_after}. Old code: `{args.baseline}`.",
         f"In-process, one thread; CPU µs per line (thread time), medians of {args.runs} interleaved runs of "
-        f"~{LINES_PER_TIMING:,} lines each. Reply old = message built + `SerializeToString` (what "
+        f"~{args.lines_per_timing:,} lines each. Reply old = message built + `SerializeToString` (what "
         "gRPC ran); reply new = the wire bytes. Parse + decide is unchanged, for scale.",
         "",
         "| lines | reply old | reply new | **new / old** | metrics old | metrics new | **new / old** "
