@@ -358,8 +358,9 @@ class GatewayMetrics:
         Lines are grouped by decision object (``decide_all`` shares one per distinct outcome)
         and each metric is incremented once per group with the group's count or amount, never
         once per line. The grouping and the sums run in C (``Counter``, ``dict``, ``map``,
-        ``compress``, ``sum``), so no Python statement runs per line (figures in
-        ``benchmarks/RESULTS.md``, "Reply bytes and line counting").
+        ``compress``, ``sum``), so no Python statement runs per line: 0.49 instead of 0.70 µs
+        of CPU a line for a 3,000-line bill (``benchmarks/micro_reply.py``,
+        ``benchmarks/RESULTS.md`` "Reply bytes and line counting").
         """
         if len(lines) != len(decisions):
             raise ValueError(f"{len(lines)} lines but {len(decisions)} decisions")
