@@ -166,32 +166,46 @@ _is_refund = (0).__gt__  # 0 > amount
 
 
 def amounts_by_verdict(
-    amounts: Sequence[int], keys: Sequence[int], verdict_of: Mapping[int, Verdict]
+    amounts: Sequence[int],
+    keys: Sequence[int],
+    decision_of: Mapping[int, Decision],
+    lines_of: Mapping[Verdict, int],
 ) -> dict[tuple[Verdict, bool], int]:
     """Line amounts summed by (verdict, is refund), refunds as positive values; zero sums are
-    left out. ``keys[i]`` names line ``i``'s decision and ``verdict_of`` its verdict.
+    left out. ``keys[i]`` names line ``i``'s decision in ``decision_of``; ``lines_of`` counts
+    the lines of each verdict.
 
-    One C pass (``compress``) per verdict the bill has, at most three, instead of a Python
-    step per line: a bill has many lines but few verdicts."""
-    verdicts = set(verdict_of.values())
-    if len(verdicts) == 1:
-        groups = {verdicts.pop(): amounts}
-    else:
-        groups = {}
-        for verdict in verdicts:
-            selected = {key: v is verdict for key, v in verdict_of.items()}
-            groups[verdict] = list(compress(amounts, map(selected.__getitem__, keys)))
-    refunds = min(amounts, default=0) < 0
+    Instead of a Python step per line, one C pass (``compress``) for each verdict but the
+    most frequent, whose sums are what the others leave of the bill's: an all-accepted bill
+    makes no pass at all, a bill with rejections one."""
     sums: dict[tuple[Verdict, bool], int] = {}
-    for verdict, group in groups.items():
-        charged = sum(filter(_is_charge, group)) if refunds else sum(group)
-        if charged:
-            sums[verdict, False] = charged
-        if refunds:
-            refunded = -sum(filter(_is_refund, group))
-            if refunded:
-                sums[verdict, True] = refunded
+    if not lines_of:
+        return sums
+    refunds = min(amounts) < 0
+    largest = max(lines_of, key=lines_of.__getitem__)
+    charged = sum(filter(_is_charge, amounts)) if refunds else sum(amounts)
+    refunded = -sum(filter(_is_refund, amounts)) if refunds else 0
+    for verdict in lines_of:
+        if verdict is largest:
+            continue
+        selected = {key: decision.verdict is verdict for key, decision in decision_of.items()}
+        group = list(compress(amounts, map(selected.__getitem__, keys)))
+        group_charged = sum(filter(_is_charge, group)) if refunds else sum(group)
+        group_refunded = -sum(filter(_is_refund, group)) if refunds else 0
+        _put_amounts(sums, verdict, group_charged, group_refunded)
+        charged -= group_charged
+        refunded -= group_refunded
+    _put_amounts(sums, largest, charged, refunded)
     return sums
+
+
+def _put_amounts(
+    sums: dict[tuple[Verdict, bool], int], verdict: Verdict, charged: int, refunded: int
+) -> None:
+    if charged:
+        sums[verdict, False] = charged
+    if refunded:
+        sums[verdict, True] = refunded
 
 
 class GatewayMetrics:
@@ -366,8 +380,9 @@ class GatewayMetrics:
         Lines are grouped by decision object (``decide_all`` shares one per distinct outcome)
         and each metric is incremented once per group with the group's count or amount, never
         once per line. The grouping and the sums run in C (``Counter``, ``dict``, ``map``,
-        ``compress``, ``sum``), so no Python statement runs per line (figures in
-        ``benchmarks/RESULTS.md``, "Reply bytes and line counting").
+        ``compress``, ``sum``), so no Python statement runs per line: 0.49 instead of 0.70 µs
+        of CPU a line for a 3,000-line bill (``benchmarks/micro_reply.py``,
+        ``benchmarks/RESULTS.md`` "Reply bytes and line counting").
         """
         if len(lines) != len(decisions):
             raise ValueError(f"{len(lines)} lines but {len(decisions)} decisions")
@@ -381,9 +396,6 @@ class GatewayMetrics:
         if malformed:
             # Never a label: a code of no valid shape may be an ID number typed into the field.
             codes[MALFORMED_CODE_LABEL] = sum(codes.pop(code) for code in malformed)
-        amounts = amounts_by_verdict(
-            list(map(_amount_fen, lines)), keys, {key: d.verdict for key, d in decision_of.items()}
-        )
 
         children = self._children_for(institution)
         by_verdict: dict[Verdict, int] = {}
@@ -399,6 +411,7 @@ class GatewayMetrics:
                 faults[reason] = faults.get(reason, 0) + n
             elif reason is Reason.ITEM_CODE_MISSING:
                 uncoded_items = True
+        amounts = amounts_by_verdict(list(map(_amount_fen, lines)), keys, decision_of, by_verdict)
         if uncoded_items:
             # Reported before the staff code is checked: check it here for the match ratio.
             self._count_uncoded_item_faults(lines, decisions, faults)

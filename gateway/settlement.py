@@ -142,8 +142,6 @@ def build_response(
             reply.verdict_entries(lines, keys, distinct),
             reply.varint_field(reply.RESPONSE_ACCEPTED_FEN, accepted),
             reply.varint_field(reply.RESPONSE_REJECTED_FEN, rejected),
-            reply.string_field(reply.RESPONSE_DATA_VERSION, data_version),
-            reply.length_delimited(reply.RESPONSE_DATA_AS_OF, reply.timestamp(int(data_as_of * 1e9))),
-            reply.varint_field(reply.RESPONSE_DEGRADED, degraded),
+            reply.version_fields(data_version, data_as_of, degraded),
         )
     )

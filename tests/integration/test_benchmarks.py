@@ -87,3 +87,17 @@ def test_profile_sums_samples_by_component(tmp_path: Path) -> None:
         "request parsing (settlement.parse_request)": 20.0,
         "Redis client (redis-py)": 20.0,
     }
+
+
+def test_micro_reply_runs_and_writes_its_section(tmp_path: Path) -> None:
+    """The in-process A/B runs end to end (HEAD as its own baseline: no timing is judged)."""
+    from benchmarks import micro_reply
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
+    args = ["--sizes", "3,40", "--runs", "1", "--baseline", "HEAD", "--lines-per-timing", "200"]
+    assert micro_reply.main([*args, "--output", str(results)]) == 0
+    text = results.read_text()
+    assert micro_reply.SECTION_BEGIN in text and "python -m benchmarks.micro_reply --sizes 3,40" in text
+    sizes = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert sizes[1:] == ["3", "40"]  # after the header row
