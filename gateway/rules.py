@@ -279,15 +279,22 @@ def stable_days(line: Line, evidence: Evidence, config: RulesConfig, decision: D
     return low, high
 
 
-def decide_all(lines: Sequence[Line], evidence: Evidence, config: RulesConfig) -> list[Decision]:
+def decide_all(
+    lines: Sequence[Line],
+    evidence: Evidence,
+    config: RulesConfig,
+    memo: dict[tuple[str, str, bool, bool], tuple[int, int, Decision]] | None = None,
+) -> list[Decision]:
     """Verdicts for a whole bill, same order as ``lines``.
 
     A 3,000-line inpatient bill has a few dozen staff over a few dozen days, but statuses
     change rarely: lines of the same (code, department, emergency, coded-item) share one
     decision over the run of days in which none of the periods consulted starts or ends, so
     a bill costs about one ``decide`` per staff member, not one per staff member and day.
+    A bill judged in slices (``gateway.slices``) passes the same ``memo`` to each slice.
     """
-    memo: dict[tuple[str, str, bool, bool], tuple[int, int, Decision]] = {}
+    if memo is None:
+        memo = {}
     out: list[Decision] = []
     append = out.append
     for line in lines:

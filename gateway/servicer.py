@@ -19,15 +19,16 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from gateway import slices
 from gateway.audit import AuditLog
 from gateway.auth import AccessDenied, Authorizer
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
-from gateway.outage import StoreUnavailable, decide_with_gaps
+from gateway.outage import StoreUnavailable
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.rules import Evidence, decide_all, staff_codes_to_fetch
-from gateway.settlement import RequestError, build_response, parse_request
+from gateway.rules import Evidence, staff_codes_to_fetch
+from gateway.settlement import RequestError
 from gateway.store import STORE_ERRORS, NoDataError, Store
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlinePassed("the call's deadline passed before it could be judged")
-        parsed = parse_request(request, self.rules, self.settings.max_lines)
+        # A large bill is judged in slices, the event loop serving other calls between them.
+        parsed = await slices.parse(request, self.rules, self.settings.max_lines)
         codes = staff_codes_to_fetch(parsed.lines, self.rules)
         try:
             snapshot = await self.store.read(parsed.institution_code, codes)
@@ -153,12 +155,12 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             staff=snapshot.staff,
         )
         if snapshot.has_gaps:
-            decisions = decide_with_gaps(
+            decisions = await slices.decide_gaps(
                 parsed.lines, evidence, self.rules, snapshot.institution_known, snapshot.missing_staff
             )
         else:
-            decisions = decide_all(parsed.lines, evidence, self.rules)
-        response = build_response(
+            decisions = await slices.decide(parsed.lines, evidence, self.rules)
+        response = await slices.build(
             request.request_id,
             parsed.lines,
             decisions,
@@ -167,7 +169,9 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             snapshot.degraded,
         )
         self.metrics.observe_decision_time(len(decisions), time.perf_counter() - received)
-        self.metrics.observe_settlement(parsed.institution_code, parsed.lines, decisions, snapshot.degraded)
+        await slices.observe(
+            self.metrics, parsed.institution_code, parsed.lines, decisions, snapshot.degraded
+        )
         if self.audit is not None:
             self.audit.record(request, decisions, snapshot.meta.version, snapshot.degraded)
         return response
