@@ -236,8 +236,14 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             status.data_version = meta.version
             status.data_as_of.FromNanoseconds(int(meta.as_of * 1e9))
             status.data_age_seconds = max(0.0, time.time() - meta.as_of)
-            status.data_sources.extend(source.path for source in meta.sources)
+            # File names only: the loader host's directories are no business of a hospital's.
+            status.data_sources.extend(source_name(source.path) for source in meta.sources)
         return status
+
+
+def source_name(path: str) -> str:
+    """``/srv/exports/2026-11/staff.csv`` -> ``staff.csv`` (a Windows path too)."""
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def add_to_server(servicer: SettlementGateway, server: grpc.aio.Server) -> None:
