@@ -32,19 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import redis
 
 from benchmarks.bench import machine_facts, write_section
 from gateway.embedded import find_redis_server
+from gateway.keys import Keys
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
+from loader.publish import Publisher
+from loader.sync import SyncOptions, sync_file
+from tests import exports
 from tests.conftest import RedisProcess, free_port
-from tests.exports import OTHER_HOSPITAL, line, request
+from tests.exports import HOSPITAL, OTHER_HOSPITAL, institution_row, line, request, staff_row
 from tests.faultload import (
     STATUS_CYCLE,
     GatewayProcess,
     Load,
     PhaseFigures,
-    load_population,
     raw_load,
     staff_codes,
 )
@@ -91,6 +95,31 @@ async def _idle_streams(
             held = [c for c in held if not c.done()]
         for call in held:
             call.cancel()
+
+
+def load_two_hospitals(redis_url: str, workdir: Path) -> None:
+    """Both hospitals registered, and every staff member at both (``STATUS_CYCLE``'s statuses),
+    so each hospital's bills are judged on its own staff rather than rejected wholesale."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        publisher = Publisher(client, Keys())
+        rows = []
+        for i, code in enumerate(staff_codes(STAFF)):
+            for institution in (HOSPITAL, OTHER_HOSPITAL):
+                rows.append(staff_row(code, institution))
+                status = STATUS_CYCLE[i % len(STATUS_CYCLE)]
+                if status != "正常":
+                    rows.append(staff_row(code, institution, status=status, start="2026-01-01"))
+        for kind, kind_rows in (
+            ("institution", [institution_row(), institution_row(OTHER_HOSPITAL)]),
+            ("staff", rows),
+        ):
+            path = exports.write_csv(workdir / f"{kind}.csv", exports.HEADERS[kind], kind_rows)
+            result = sync_file(path, publisher, SyncOptions(kind=kind))  # type: ignore[arg-type]
+            if result.outcome != 0:
+                raise RuntimeError(f"loading {kind} failed: {result.message}")
+    finally:
+        client.close()
 
 
 def hostile_codes(audited: bool) -> list[str]:
@@ -146,7 +175,7 @@ async def one_run(args: argparse.Namespace, workdir: Path) -> RunFigures:
     store = RedisProcess(find_redis_server(), free_port(), workdir)
     store.start()
     try:
-        load_population(store.url, workdir, STAFF)
+        load_two_hospitals(store.url, workdir)
         gw = GatewayProcess(
             {
                 "SGW_REDIS_URL": store.url,
