@@ -240,7 +240,9 @@ def report(
 
     return [
         "## Fair share: a calm hospital beside a flooding one (`benchmarks/fair_share.py`"
-        + (", hostile lines mostly audited)" if args.audited else ")"),
+        + (", hostile lines mostly audited" if args.audited else "")
+        + (f", {args.loops} hostile loops" if args.loops != 6 else "")
+        + ")",
         "",
         f"Command: `{command.strip()}`. Taken {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in {took:.0f} s; "
         f"load average (1/5/15 min) before {load_before}, after {load_after}.",
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = report(args, runs, load_before, load_after, time.monotonic() - started)
     print("\n".join(lines))
     if str(args.output) != "-":
-        suffix = "-audited" if args.audited else ""
+        # One section per kind of flood, so the variants sit side by side.
+        suffix = ("-audited" if args.audited else "") + (f"-loops{args.loops}" if args.loops != 6 else "")
         write_section(
             args.output,
             lines,
