@@ -133,7 +133,7 @@ async def test_prometheus_sees_the_traffic_the_gateway_served(
     )
     groups = prometheus.api("rules")["groups"]
     evaluated = [rule for group in groups for rule in group["rules"]]
-    assert len(evaluated) == 18
+    assert len(evaluated) == 20  # 18 + SettlementGatewayPlaintext, SettlementCallerOverBudget
     assert [(r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"] == []
     firing = {r["name"] for r in evaluated if r.get("state") == "firing"}
     assert firing == set()
