@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from gateway.admission import CallerBudgets
 from gateway.cache import DEFAULT_MAX_ENTRIES
 from gateway.codes import DEFAULT_INSTITUTION_CODE_PATTERN, DEFAULT_STAFF_CODE_PATTERN, CodeShapes
 from gateway.keys import DEFAULT_NAMESPACE
@@ -134,6 +135,21 @@ class Settings:
     max_concurrent_rpcs: int = 1000
     # Concurrent calls on one HTTP/2 connection.
     max_concurrent_streams: int = 100
+    # -- fair share (gateway/admission.py): each caller's own budget --
+    # Calls (unary and streams) one caller may have open at once.
+    caller_calls: int = 64
+    # Of those, streams.
+    caller_streams: int = 16
+    # Lines of one caller's bills being judged at once (one bill is always admitted alone).
+    caller_lines: int = 20_000
+    # A stream that sends no request for this long is closed.
+    stream_idle_seconds: float = 300.0
+    # -- /metrics over TLS with client certificates: all three files, or none --
+    metrics_tls_cert: Path | None = None
+    metrics_tls_key: Path | None = None
+    metrics_tls_client_ca: Path | None = None
+    # Client-certificate identities (SAN, else CN) allowed to scrape; empty: any the CA signed.
+    metrics_tls_clients: frozenset[str] = frozenset()
     # -- mTLS (gateway/auth.py): all three files, or none --
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -235,10 +251,38 @@ class Settings:
             raise ConfigError(
                 "SGW_TLS_CLIENTS is set but TLS is not (SGW_TLS_CERT, SGW_TLS_KEY, SGW_TLS_CLIENT_CA)"
             )
+        self.validate_metrics_tls()
 
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
+
+    @cached_property
+    def caller_budgets(self) -> CallerBudgets:
+        return CallerBudgets(
+            self.caller_calls, self.caller_streams, self.caller_lines, self.stream_idle_seconds
+        )
+
+    def validate_metrics_tls(self) -> None:
+        files = {
+            "SGW_METRICS_TLS_CERT": self.metrics_tls_cert,
+            "SGW_METRICS_TLS_KEY": self.metrics_tls_key,
+            "SGW_METRICS_TLS_CLIENT_CA": self.metrics_tls_client_ca,
+        }
+        given = [name for name, value in files.items() if value is not None]
+        if given and len(given) != len(files):
+            missing = ", ".join(name for name in files if name not in given)
+            raise ConfigError(
+                f"/metrics over TLS needs a certificate, its key and the client CA: {missing} not set"
+            )
+        if self.metrics_tls_clients and not given:
+            raise ConfigError(
+                "SGW_METRICS_TLS_CLIENTS is set but /metrics TLS is not (SGW_METRICS_TLS_CERT, …)"
+            )
+
+    @property
+    def metrics_tls_enabled(self) -> bool:
+        return self.metrics_tls_cert is not None
 
 
 def _cast(var: str, raw: str, cast: Callable[[str], T]) -> T:
@@ -279,6 +323,14 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "breaker_reset_seconds": ("SGW_BREAKER_RESET", parse_positive_float),
     "max_concurrent_rpcs": ("SGW_MAX_CONCURRENT_RPCS", parse_positive_int),
     "max_concurrent_streams": ("SGW_MAX_CONCURRENT_STREAMS", parse_positive_int),
+    "caller_calls": ("SGW_CALLER_CALLS", parse_positive_int),
+    "caller_streams": ("SGW_CALLER_STREAMS", parse_positive_int),
+    "caller_lines": ("SGW_CALLER_LINES", parse_positive_int),
+    "stream_idle_seconds": ("SGW_STREAM_IDLE_SECONDS", parse_positive_float),
+    "metrics_tls_cert": ("SGW_METRICS_TLS_CERT", Path),
+    "metrics_tls_key": ("SGW_METRICS_TLS_KEY", Path),
+    "metrics_tls_client_ca": ("SGW_METRICS_TLS_CLIENT_CA", Path),
+    "metrics_tls_clients": ("SGW_METRICS_TLS_CLIENTS", parse_csv_set),
     "tls_cert": ("SGW_TLS_CERT", Path),
     "tls_key": ("SGW_TLS_KEY", Path),
     "tls_client_ca": ("SGW_TLS_CLIENT_CA", Path),

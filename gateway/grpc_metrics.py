@@ -9,10 +9,9 @@ A refusal is ``await context.abort(code, …)``, which raises out of the handler
 interceptor reads the code the abort set on the context, so an aborted call is counted with
 its real status rather than as an unknown error.
 
-The interceptor also enforces ``SGW_MAX_CONCURRENT_RPCS`` (``InFlightLimit``). gRPC's own
-``maximum_concurrent_rpcs`` refuses a call after the interceptors ran but before the handler
-they wrapped, so its refusals never reached these metrics and overload looked like calm;
-refused here, a call is counted as started and as handled with ``ResourceExhausted``.
+The interceptor also asks ``gateway.admission`` whether to take each call on (the
+process-wide ``SGW_MAX_CONCURRENT_RPCS``, each caller's budget, idle streams), so a refused
+call is counted as started and as handled with its real code (``ResourceExhausted``).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import grpc.aio
 from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import Counter, Histogram
 
+from gateway.admission import Admission, CallGrant, StreamGrant
 from gateway.metrics import GatewayMetrics
 
 # grpc.StatusCode -> the label value go-grpc-prometheus uses (Go's codes.Code.String()).
@@ -136,68 +136,32 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
-class _Slot:
-    """One admitted call's place in the in-flight count, given back exactly once.
-
-    Both the handler's ``finally`` (promptly, when the handler ends) and the call's done
-    callback (always, even when a streaming handler is dropped without being closed) release
-    it; whichever comes second does nothing."""
-
-    __slots__ = ("_held", "_limit")
-
-    def __init__(self, limit: InFlightLimit) -> None:
-        self._limit = limit
-        self._held = True
-
-    def release(self, _context: object = None) -> None:
-        """Give the place back (a done callback passes the context, unused)."""
-        if self._held:
-            self._held = False
-            self._limit.in_flight -= 1
-
-
-class InFlightLimit:
-    """At most ``limit`` calls run at once; a call beyond it is refused at once with
-    ``RESOURCE_EXHAUSTED`` rather than queued behind a flood (``None``: no limit).
-
-    Calls run on one event loop, so a plain count is enough."""
-
-    def __init__(self, limit: int | None) -> None:
-        if limit is not None and limit <= 0:
-            raise ValueError("the concurrency limit must be positive")
-        self.limit = limit
-        self.in_flight = 0
-
-    async def admit(self, context: Context) -> _Slot:
-        """Take a slot for the call, or abort it with ``RESOURCE_EXHAUSTED`` (raises)."""
-        if self.limit is not None and self.in_flight >= self.limit:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the gateway is already handling its limit of {self.limit} calls at once "
-                "(SGW_MAX_CONCURRENT_RPCS); retry shortly or send the call to another instance",
-            )
-        self.in_flight += 1
-        slot = _Slot(self)
-        # The stubs type the callback as a class that exists only in them.
-        context.add_done_callback(slot.release)  # type: ignore[arg-type]
-        return slot
-
-
 def _behavior(function: Behavior | None) -> Behavior:
     if function is None:
         raise TypeError("the method handler has no behavior for its streaming kind")
     return function
 
 
+async def _admit(
+    admission: Admission, request: Any, context: Context, request_streaming: bool
+) -> tuple[Any, CallGrant | StreamGrant]:
+    """The call's places (or its refusal, raised) and the request to hand on: a stream's
+    requests are admitted one by one as the handler reads them."""
+    if not request_streaming:
+        return request, await admission.admit_call(context, request)
+    grant = await admission.open_stream(context)
+    return admission.stream_requests(request, grant, context), grant
+
+
 def _wrap_unary_response(
-    behavior: Behavior, m: MethodMetrics, request_streaming: bool, limit: InFlightLimit
+    behavior: Behavior, m: MethodMetrics, request_streaming: bool, admission: Admission
 ) -> Behavior:
     async def handler(request: Any, context: Context) -> Any:
         request, started_at = m.start(request, request_streaming)
         error: BaseException | None = None
-        slot: _Slot | None = None
+        grant: CallGrant | StreamGrant | None = None
         try:
-            slot = await limit.admit(context)
+            request, grant = await _admit(admission, request, context, request_streaming)
             result = behavior(request, context)
             if isinstance(result, Awaitable):
                 result = await result
@@ -206,8 +170,8 @@ def _wrap_unary_response(
             error = exc
             raise
         finally:
-            if slot is not None:
-                slot.release()
+            if grant is not None:
+                grant.release()
             code = _final_code(context, error)
             if code is grpc.StatusCode.OK:
                 m.sent.inc()
@@ -217,17 +181,20 @@ def _wrap_unary_response(
 
 
 def _wrap_streaming_response(
-    behavior: Behavior, m: MethodMetrics, request_streaming: bool, limit: InFlightLimit
+    behavior: Behavior, m: MethodMetrics, request_streaming: bool, admission: Admission
 ) -> Behavior:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         request, started_at = m.start(request, request_streaming)
         error: BaseException | None = None
-        slot: _Slot | None = None
+        grant: CallGrant | StreamGrant | None = None
         try:
-            slot = await limit.admit(context)
+            request, grant = await _admit(admission, request, context, request_streaming)
+            answered = grant.answered if isinstance(grant, StreamGrant) else None
             result = behavior(request, context)
             if hasattr(result, "__aiter__"):
                 async for response in result:
+                    if answered is not None:
+                        answered()
                     m.sent.inc()
                     yield response
             elif isinstance(result, Awaitable):
@@ -236,8 +203,8 @@ def _wrap_streaming_response(
             error = exc
             raise
         finally:
-            if slot is not None:
-                slot.release()
+            if grant is not None:
+                grant.release()
             m.finish(started_at, _final_code(context, error))
 
     return handler
@@ -245,11 +212,17 @@ def _wrap_streaming_response(
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts and times every call the server handles, and refuses (and counts) the calls
-    beyond ``max_concurrent_rpcs`` running at once."""
+    ``admission`` does not take on (by default: beyond ``max_concurrent_rpcs`` open at once,
+    or beyond their caller's default budget)."""
 
-    def __init__(self, metrics: GatewayMetrics, max_concurrent_rpcs: int | None = None) -> None:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        max_concurrent_rpcs: int | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.metrics = metrics
-        self.limit = InFlightLimit(max_concurrent_rpcs)
+        self.admission = admission or Admission(max_concurrent_rpcs)
         # full method -> (the handler as resolved, our wrapped handler)
         self._handlers: dict[str, tuple[Handler, Handler]] = {}
         self._methods: dict[tuple[str, str, str], MethodMetrics] = {}
@@ -294,16 +267,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         }
         if not req_stream and not resp_stream:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(_behavior(handler.unary_unary), m, False, self.limit), **codec
+                _wrap_unary_response(_behavior(handler.unary_unary), m, False, self.admission), **codec
             )
         if req_stream and not resp_stream:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(_behavior(handler.stream_unary), m, True, self.limit), **codec
+                _wrap_unary_response(_behavior(handler.stream_unary), m, True, self.admission), **codec
             )
         if not req_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming_response(_behavior(handler.unary_stream), m, False, self.limit), **codec
+                _wrap_streaming_response(_behavior(handler.unary_stream), m, False, self.admission), **codec
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming_response(_behavior(handler.stream_stream), m, True, self.limit), **codec
+            _wrap_streaming_response(_behavior(handler.stream_stream), m, True, self.admission), **codec
         )

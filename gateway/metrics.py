@@ -30,6 +30,7 @@ from types import TracebackType
 import redis.exceptions
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.admission import BUDGETS
 from gateway.breaker import BreakerOpen
 from gateway.code_share import CodeShareTracker
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
@@ -215,6 +216,7 @@ class GatewayMetrics:
         self._declare_grpc(registry)
         self._declare_domain(registry)
         self._declare_redis(registry)
+        self._declare_admission(registry)
         self.institution_label = InstitutionLabels(self.config)
         self.code_shares = CodeShareTracker(self.config.code_window, self.config.top_codes)
         # Pre-create every fixed label set so dashboards see zeros rather than gaps.
@@ -343,6 +345,33 @@ class GatewayMetrics:
             "sgw_redis_errors_total", "Redis calls that failed, by call and kind of error.",
             ["call", "error"], registry=registry,
         )  # fmt: skip
+
+    def _declare_admission(self, registry: CollectorRegistry) -> None:
+        """Fair share and safe defaults (gateway/admission.py, gateway/server.py)."""
+        self.caller_refusals = Counter(
+            "sgw_caller_refusals_total",
+            "Calls refused with RESOURCE_EXHAUSTED because their caller was over its own budget "
+            "(calls, streams or lines in flight: SGW_CALLER_*).",
+            ["budget"],
+            registry=registry,
+        )
+        self._caller_refusal_children = {b: self.caller_refusals.labels(b) for b in BUDGETS}
+        self.idle_streams_closed = Counter(
+            "sgw_idle_streams_closed_total",
+            "Streams closed because they sent no request for SGW_STREAM_IDLE_SECONDS.",
+            registry=registry,
+        )
+        self.plaintext_listeners = Gauge(
+            "sgw_plaintext_listeners",
+            "1 when a listener (grpc, metrics) serves without TLS on an address other hosts can "
+            "reach; 0 when it uses TLS or listens on loopback only.",
+            ["listener"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+
+    def caller_refused(self, budget: str) -> None:
+        self._caller_refusal_children[budget].inc()
 
     def observe_decision_time(self, lines: int, seconds: float) -> None:
         self._decision_children[decision_size_class(lines)].observe(seconds)

@@ -422,15 +422,27 @@ def stable_days(line: Line, evidence: Evidence, config: RulesConfig, decision: D
     return low, high
 
 
-def decide_all(lines: Sequence[Line], evidence: Evidence, config: RulesConfig) -> list[Decision]:
+# Decisions already made for a bill, by (staff code, department, emergency, coded item,
+# prescribing institution): with the day range over which each stays the same.
+DecisionMemo = dict[tuple[str, str, bool, bool, str], tuple[int, int, Decision]]
+
+
+def decide_all(
+    lines: Sequence[Line],
+    evidence: Evidence,
+    config: RulesConfig,
+    memo: DecisionMemo | None = None,
+) -> list[Decision]:
     """Verdicts for a whole bill, same order as ``lines``.
 
     A 3,000-line inpatient bill has a few dozen staff over a few dozen days, but statuses
     change rarely: lines of the same (code, department, emergency, coded-item) share one
     decision over the run of days in which none of the periods consulted starts or ends, so
     a bill costs about one ``decide`` per staff member, not one per staff member and day.
+    A bill judged in slices (``gateway.slices``) passes the same ``memo`` to each slice.
     """
-    memo: dict[tuple[str, str, bool, bool, str], tuple[int, int, Decision]] = {}
+    if memo is None:
+        memo = {}
     out: list[Decision] = []
     append = out.append
     for line in lines:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from gateway.admission import Admission
 from gateway.audit import AuditLog
 from gateway.audit.spool import spool_dir
 from gateway.auth import AccessMap, AccessMapError, Authorizer, server_credentials
@@ -36,7 +38,7 @@ from gateway.grpc_metrics import MetricsInterceptor
 from gateway.keys import VERSION_LEASE_RENEW_SECONDS, Keys
 from gateway.loops import every
 from gateway.metrics import GatewayMetrics
-from gateway.metrics_exposition import serve_metrics
+from gateway.metrics_exposition import MetricsTLS, serve_metrics
 from gateway.metrics_state import ProcessState, StateCollector, state_file, write_state_file
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.redis_client import DEFAULT_MAX_CONNECTIONS, AsyncRedis, async_client
@@ -70,6 +72,21 @@ def split_host_port(address: str) -> tuple[str, int]:
         raise StartupError(f"invalid listen address {address!r}: expected HOST:PORT")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+def reachable_from_other_hosts(address: str) -> bool:
+    """Whether a listen address takes connections from other hosts: every interface
+    (``[::]``, ``0.0.0.0``, an empty host) or any address but loopback; a unix socket does
+    not, nor does ``localhost``. A host name other than ``localhost`` counts as reachable."""
+    if address.startswith("unix:"):
+        return False
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def server_options(settings: Settings, reuseport: bool = False) -> list[tuple[str, int]]:
@@ -193,10 +210,19 @@ class GatewayApp:
                 )
             self.audit.start()
 
-        interceptor = MetricsInterceptor(self.metrics, max_concurrent_rpcs=s.max_concurrent_rpcs)
+        admission = Admission(
+            s.max_concurrent_rpcs,
+            s.caller_budgets,
+            mtls=s.tls_enabled,
+            on_refusal=self.metrics.caller_refused,
+            on_idle_close=self.metrics.idle_streams_closed.inc,
+            max_lines=s.max_lines,
+        )
+        interceptor = MetricsInterceptor(self.metrics, admission=admission)
         interceptor.initialize(pb.DESCRIPTOR.services_by_name["SettlementGateway"])
-        # The interceptor refuses calls beyond max_concurrent_rpcs (RESOURCE_EXHAUSTED at once
-        # rather than queued behind a flood) and counts them; gRPC's own limit would not.
+        # The interceptor refuses calls beyond max_concurrent_rpcs or their caller's budget
+        # (RESOURCE_EXHAUSTED at once rather than queued behind a flood) and counts them;
+        # gRPC's own limit would not.
         server = grpc.aio.server(
             interceptors=[interceptor],
             options=self.grpc_options(),
@@ -217,15 +243,35 @@ class GatewayApp:
             raise StartupError(f"cannot listen on {self.settings.listen}: address in use?")
         if self.metrics_dir is None:
             self._start_metrics_http()
+        self._report_plaintext()
         await server.start()
         self._server = server
         await self._update_health()
         self._start_background()
 
+    def _report_plaintext(self) -> None:
+        """Warn (and set ``sgw_plaintext_listeners``, which an alert watches) for each listener
+        that serves without TLS where other hosts can reach it: the gRPC port then answers
+        any institution, and /metrics shows every hospital's volumes and staff codes."""
+        s = self.settings
+        for listener, address, tls in (
+            ("grpc", s.listen, s.tls_enabled),
+            ("metrics", s.metrics_listen, s.metrics_tls_enabled),
+        ):
+            exposed = not tls and reachable_from_other_hosts(address)
+            self.metrics.plaintext_listeners.labels(listener).set(1 if exposed else 0)
+            if exposed:
+                log.warning(
+                    "serving without TLS on an address other hosts can reach",
+                    extra={"listener": listener, "listen": address, "see": "docs/security.md"},
+                )
+
     def _start_metrics_http(self) -> None:
         host, port = split_host_port(self.settings.metrics_listen)
         try:
-            self._metrics_http, self._metrics_thread = serve_metrics(host, port, self.registry)
+            self._metrics_http, self._metrics_thread = serve_metrics(
+                host, port, self.registry, MetricsTLS.of(self.settings)
+            )
         except OSError as exc:
             raise StartupError(f"cannot serve /metrics on {self.settings.metrics_listen}: {exc}") from exc
         self.metrics_port = self._metrics_http.server_port

@@ -19,15 +19,16 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from gateway import slices
 from gateway.audit import AuditLog
 from gateway.auth import AccessDenied, Authorizer, peer_identities
 from gateway.config import Settings
 from gateway.metrics import GatewayMetrics
-from gateway.outage import StoreUnavailable, decide_with_gaps
+from gateway.outage import StoreUnavailable
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
-from gateway.rules import Evidence, decide_all, staff_codes_to_fetch
-from gateway.settlement import RequestError, build_response, parse_request
+from gateway.rules import Evidence, staff_codes_to_fetch
+from gateway.settlement import RequestError
 from gateway.store import STORE_ERRORS, IncompleteVersion, NoDataError, Store
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlinePassed("the call's deadline passed before it could be judged")
-        parsed = parse_request(request, self.rules, self.settings.max_lines)
+        # A large bill is judged in slices, the event loop serving other calls between them.
+        parsed = await slices.parse(request, self.rules, self.settings.max_lines)
         codes = staff_codes_to_fetch(parsed.lines, self.rules)
         try:
             snapshot = await self.store.read(parsed.institution_code, codes)
@@ -153,12 +155,12 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             staff=snapshot.staff,
         )
         if snapshot.has_gaps:
-            decisions = decide_with_gaps(
+            decisions = await slices.decide_gaps(
                 parsed.lines, evidence, self.rules, snapshot.institution_known, snapshot.missing_staff
             )
         else:
-            decisions = decide_all(parsed.lines, evidence, self.rules)
-        response = build_response(
+            decisions = await slices.decide(parsed.lines, evidence, self.rules)
+        response = await slices.build(
             request.request_id,
             parsed.lines,
             decisions,
@@ -167,7 +169,9 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             snapshot.degraded,
         )
         self.metrics.observe_decision_time(len(decisions), time.perf_counter() - received)
-        self.metrics.observe_settlement(parsed.institution_code, parsed.lines, decisions, snapshot.degraded)
+        await slices.observe(
+            self.metrics, parsed.institution_code, parsed.lines, decisions, snapshot.degraded
+        )
         if self.audit is not None:
             self.audit.record(
                 request, decisions, snapshot.meta.version, snapshot.degraded,
@@ -240,7 +244,8 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             status.data_version = meta.version
             status.data_as_of.FromNanoseconds(int(meta.as_of * 1e9))
             status.data_age_seconds = max(0.0, time.time() - meta.as_of)
-            status.data_sources.extend(source.path for source in meta.sources)
+            # File names only: the loader host's directories are no business of a hospital's.
+            status.data_sources.extend(source_name(source.path) for source in meta.sources)
         return status
 
 
@@ -251,6 +256,11 @@ def caller_identity(context: ServicerContext | None) -> str:
         return ""
     identities = peer_identities(context.auth_context())
     return ",".join(identities) if identities else str(context.peer() or "")
+
+
+def source_name(path: str) -> str:
+    """``/srv/exports/2026-11/staff.csv`` -> ``staff.csv`` (a Windows path too)."""
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def add_to_server(servicer: SettlementGateway, server: grpc.aio.Server) -> None:

@@ -61,7 +61,11 @@ def _service_day(index: int, line: pb.SettlementLine) -> int:
     return day_of_instant(ts.seconds)
 
 
-def parse_request(request: pb.ValidateRequest, config: RulesConfig, max_lines: int) -> ParsedRequest:
+def parse_request(
+    request: pb.ValidateRequest, config: RulesConfig, max_lines: int, start: int = 0, stop: int | None = None
+) -> ParsedRequest:
+    """The request's lines ``start:stop`` (all by default; a slice for ``gateway.slices``),
+    after the whole-request checks."""
     institution = request.institution_code.strip()
     if not institution:
         raise RequestError("institution_code is empty")
@@ -75,7 +79,8 @@ def parse_request(request: pb.ValidateRequest, config: RulesConfig, max_lines: i
     # computed inline, and the exact error left to ``_service_day`` for the rare bad line.
     lines: list[Line] = []
     append = lines.append
-    for index, line in enumerate(request.lines):
+    chosen = request.lines if start == 0 and stop is None else request.lines[start:stop]
+    for index, line in enumerate(chosen, start):
         ts = line.service_time
         seconds = ts.seconds
         if (

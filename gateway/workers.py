@@ -49,6 +49,7 @@ from gateway.config import Settings
 from gateway.loops import install_event_loop
 from gateway.metrics_exposition import (
     MULTIPROC_ENV,
+    MetricsTLS,
     mark_worker_dead,
     multiprocess_registry,
     prepare_multiprocess_dir,
@@ -238,7 +239,7 @@ class Supervisor:
             host, port = split_host_port(self.settings.metrics_listen)
             registry = multiprocess_registry(self.metrics_dir, self.settings.metrics_top_codes)
             try:
-                http, _ = serve_metrics(host, port, registry)
+                http, _ = serve_metrics(host, port, registry, MetricsTLS.of(self.settings))
             except OSError as exc:
                 raise StartupError(f"cannot serve /metrics on {self.settings.metrics_listen}: {exc}") from exc
             self.metrics_port = http.server_port

@@ -101,3 +101,17 @@ def test_micro_reply_runs_and_writes_its_section(tmp_path: Path) -> None:
     assert micro_reply.SECTION_BEGIN in text and "python -m benchmarks.micro_reply --sizes 3,40" in text
     sizes = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
     assert sizes[1:] == ["3", "40"]  # after the header row
+
+
+def test_fair_share_bench_measures_both_phases_and_writes_its_section(tmp_path: Path) -> None:
+    from benchmarks import fair_share
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
+    assert fair_share.main(["--runs", "1", "--phase", "1", "--idle", "0.5", "--output", str(results)]) == 0
+    text = results.read_text()
+    assert fair_share.SECTION_BEGIN in text and "python -m benchmarks.fair_share --runs 1" in text
+    rows = [row for row in text.splitlines() if row.startswith(("| alone |", "| beside the flood |"))]
+    assert len(rows) == 2 and all(row.split("|")[3].strip() == "0" for row in rows), rows  # calm: no failures
+    assert "p99 beside the flood ÷ p99 alone:" in text
+    assert "10,000-line bill RESOURCE_EXHAUSTED" in text  # the hostile hospital was held to its budget
