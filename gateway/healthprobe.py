@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -64,9 +64,13 @@ def probe(
         else grpc.insecure_channel(address)
     )
     with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            reply = check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
         except grpc.RpcError as err:
             return f"UNREACHABLE: {err.code().name} {err.details()}"  # type: ignore[attr-defined]
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
