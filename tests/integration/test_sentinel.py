@@ -15,11 +15,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import orjson
 import pytest
 import redis
+import trustme
 
 from gateway.config import mask_url
 from gateway.embedded import find_redis_server
@@ -97,11 +99,15 @@ class SentinelProcess:
     workdir: Path
     primary_port: int
     proc: subprocess.Popen[bytes] | None = None
+    # TLS: configuration lines, and the keyword arguments of a client that may connect.
+    tls_conf: str = ""
+    tls_client: dict[str, object] = field(default_factory=dict)
 
     def start(self) -> None:
         conf = self.workdir / f"sentinel-{self.port}.conf"
+        listen = f"port 0\ntls-port {self.port}\n{self.tls_conf}" if self.tls_conf else f"port {self.port}\n"
         conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"{listen}bind 127.0.0.1\ndir {self.workdir}\n"
             f"logfile {self.workdir / f'sentinel-{self.port}.log'}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} 1000\n"
@@ -110,7 +116,7 @@ class SentinelProcess:
         )
         self.proc = subprocess.Popen([self.binary, str(conf), "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        until(lambda: _ping(self.port), "Sentinel did not start")
+        until(lambda: _ping(self.port, **self.tls_client), "Sentinel did not start")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -118,8 +124,8 @@ class SentinelProcess:
             self.proc.wait(timeout=10)
 
 
-def _ping(port: int) -> bool:
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5)
+def _ping(port: int, **tls: Any) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, **tls)
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -380,3 +386,53 @@ async def test_a_publish_cut_by_a_failover_fails_clearly_and_the_rerun_loads_it(
 def test_passwords_of_a_sentinel_url_are_masked_in_logs() -> None:
     masked = mask_url("redis+sentinel://gw:s3cret@h1:26379,h2:26379/svc?sentinel_password=sent")
     assert masked is not None and "s3cret" not in masked and "sent&" not in masked + "&"
+
+
+async def test_rediss_sentinel_reaches_sentinels_and_redis_over_tls(tmp_path: Path) -> None:
+    """``rediss+sentinel://``: Sentinels and Redis speak only TLS and require client certificates;
+    the URL's ssl_* parameters serve both."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    files = {"ca.pem": ca.cert_pem, "cert.pem": cert.cert_chain_pems[0], "key.pem": cert.private_key_pem}
+    for name, blob in files.items():
+        blob.write_to_path(str(tmp_path / name))
+    tls_args = ("--port", "0", "--tls-cert-file", str(tmp_path / "cert.pem"), "--tls-key-file",
+                str(tmp_path / "key.pem"), "--tls-ca-cert-file", str(tmp_path / "ca.pem"), "--tls-replication", "yes")  # fmt: skip
+    tls_client: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(tmp_path / "ca.pem"),
+                                     "ssl_certfile": str(tmp_path / "cert.pem"), "ssl_keyfile": str(tmp_path / "key.pem")}  # fmt: skip
+    query = "&".join(f"{k}={v}" for k, v in tls_client.items() if k != "ssl")
+    binary = find_redis_server()
+    primary_port, replica_port = free_port(), free_port()
+    primary = RedisProcess(binary, primary_port, tmp_path, (*tls_args, "--tls-port", str(primary_port)),
+                           ready_url=f"rediss://127.0.0.1:{primary_port}/0?{query}")  # fmt: skip
+    replica = RedisProcess(binary, replica_port, tmp_path,
+                           (*tls_args, "--tls-port", str(replica_port), "--replicaof", "127.0.0.1", str(primary_port)),
+                           ready_url=f"rediss://127.0.0.1:{replica_port}/0?{query}")  # fmt: skip
+    tls_conf = "".join(f"{tls_args[i].lstrip('-')} {tls_args[i + 1]}\n" for i in range(2, len(tls_args), 2))
+    sentinels: list[SentinelProcess] = []
+    try:
+        primary.start()
+        replica.start()
+        direct = redis.Redis(host="127.0.0.1", port=primary_port, **tls_client)  # type: ignore[arg-type]
+        until(lambda: len(direct.execute_command("ROLE")[2]) == 1, "the replica never connected")
+        direct.close()
+        for _ in range(3):
+            sentinel = SentinelProcess(binary, free_port(), tmp_path, primary_port, tls_conf=tls_conf,
+                                       tls_client=tls_client)  # fmt: skip
+            sentinels.append(sentinel)
+            sentinel.start()
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+        url = f"rediss+sentinel://{hosts}/{SERVICE}?{query}"
+        version = load_population(url, tmp_path, 20)
+        client = async_client(url)
+        try:
+            assert await client.get(Keys().live) == version.encode()
+        finally:
+            await client.aclose()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            sync_client(f"redis+sentinel://{hosts}/{SERVICE}", timeout=0.5).get(Keys().live)  # no TLS
+    finally:
+        for sentinel in sentinels:
+            sentinel.stop()
+        replica.stop()
+        primary.stop()
