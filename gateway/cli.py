@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the gRPC API and /metrics")
     s.add_argument("--listen", help="gRPC address ($SGW_LISTEN, default [::]:50051)")
     s.add_argument("--metrics-listen", help="/metrics address ($SGW_METRICS_LISTEN, default [::]:9464)")
-    s.add_argument("--redis-url", help="redis://, rediss://, unix:// or redis+cluster:// ($SGW_REDIS_URL)")
+    s.add_argument("--redis-url", help="redis[s]://, unix://, redis+cluster|+sentinel:// ($SGW_REDIS_URL)")
     s.add_argument("--state-dir", type=Path, help="embedded Redis directory ($SGW_STATE_DIR)")
     s.add_argument("--namespace", help="key namespace ($SGW_NAMESPACE, default sgw)")
     s.add_argument("--max-lines", type=int, help="max lines per request ($SGW_MAX_LINES, default 10000)")

@@ -24,7 +24,7 @@ import grpc
 import redis.exceptions
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry
 
 from gateway.admission import Admission

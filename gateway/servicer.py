@@ -266,7 +266,7 @@ def source_name(path: str) -> str:
 def add_to_server(servicer: SettlementGateway, server: grpc.aio.Server) -> None:
     """Register the service like the generated ``add_SettlementGatewayServicer_to_server``,
     but with a request decoder that turns malformed bytes into ``INVALID_ARGUMENT``."""
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Validate": grpc.unary_unary_rpc_method_handler(
             servicer.Validate,
             request_deserializer=decoder(pb.ValidateRequest),

@@ -46,7 +46,7 @@ from gateway.keys import (
     VERSION_META_TTL_SECONDS,
     Keys,
 )
-from gateway.redis_client import SyncRedis
+from gateway.redis_client import SyncRedis, confirm_replicated
 from gateway.versions import Source, VersionMeta, new_version_id
 from loader.lock import PublishLock
 
@@ -435,6 +435,7 @@ class Publisher:
                 self.sleep(SWITCH_WAIT_SECONDS)
                 try:
                     commit()
+                    confirm_replicated(self.client, f"publishing {version}")
                     return
                 except redis.exceptions.ResponseError as exc:
                     if not str(exc).startswith("SWITCH") or attempt == 2:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import grpc
 import orjson
-import redis
 
 from gateway.keys import Keys
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from gateway.policy import OUTAGE_ARTICLE
+from gateway.redis_client import sync_client
 from loader.publish import Publisher
 from loader.sync import SyncOptions, sync_file
 from tests import exports
@@ -56,7 +56,7 @@ def staff_codes(n: int) -> list[str]:
 
 def load_population(redis_url: str, workdir: Path, staff: int) -> str:
     """Two institutions and ``staff`` doctors with every status; returns the data version."""
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     try:
         publisher = Publisher(client, Keys())
         rows = []

@@ -17,7 +17,13 @@ RULE_TESTS = DEPLOY / "prometheus" / "tests" / "settlement-gateway.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "settlement-gateway.json"
 
 # Values Grafana substitutes before sending a query, so the expression can be run as is.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s", "$institution": ".*"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__range": "5m",
+    "$__interval": "15s",
+    "$institution": ".*",
+    "$instance": ".*",
+}
 
 _KEYWORDS = {
     "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",

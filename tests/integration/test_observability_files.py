@@ -137,23 +137,28 @@ def _unknown(names: set[str], *live: Scrape) -> set[str]:
     return names - exposed - recorded_names() - PROMETHEUS_NAMES
 
 
-async def test_alert_rules_use_only_exposed_metrics(load: Loader, gateway: GatewayApp) -> None:
+async def test_alert_rules_use_only_exposed_metrics(
+    load: Loader, gateway: GatewayApp, loader_scrape: Scrape
+) -> None:
     live = await live_scrape(load, gateway)
     for rule in rules():
-        assert _unknown(promql_metric_names(rule["expr"]), live) == set(), rule.get(
+        assert _unknown(promql_metric_names(rule["expr"]), live, loader_scrape) == set(), rule.get(
             "alert", rule.get("record")
         )
     prose = " ".join(str(rule.get("annotations", {})) for rule in rules())
-    assert set(PROSE_NAME.findall(prose)) - live.sample_names - set(live.families) == set()
+    known = live.sample_names | set(live.families) | loader_scrape.sample_names | set(loader_scrape.families)
+    assert set(PROSE_NAME.findall(prose)) - known == set()
 
 
-async def test_rule_unit_tests_feed_only_real_series(load: Loader, gateway: GatewayApp) -> None:
+async def test_rule_unit_tests_feed_only_real_series(
+    load: Loader, gateway: GatewayApp, loader_scrape: Scrape
+) -> None:
     live = await live_scrape(load, gateway)
     series = [
         s["series"] for test in yaml.safe_load(RULE_TESTS.read_text())["tests"] for s in test["input_series"]
     ]
     names = {promql_metric_names(s).pop() for s in series}
-    assert _unknown(names, live) == set()
+    assert _unknown(names, live, loader_scrape) == set()
 
 
 async def test_dashboard_uses_only_exposed_metrics(
@@ -186,6 +191,14 @@ def test_dashboard_is_provisionable() -> None:
         assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
     variables = {v["name"]: v for v in doc["templating"]["list"]}
     assert variables["datasource"]["query"] == "prometheus"
+    # One gateway instance (or several) can be picked: every gateway query filters on it.
+    assert variables["instance"]["definition"] == 'label_values(up{job="settlement-gateway"}, instance)'
+    assert variables["instance"]["includeAll"] and variables["instance"]["allValue"] == ".*"
+    for title, expr in ((p["title"], t["expr"]) for p in panels for t in p.get("targets", [])):
+        if 'job="settlement-gateway"' in expr:
+            assert expr.count('job="settlement-gateway",instance=~"$instance"') == expr.count(
+                'job="settlement-gateway"'
+            ), title
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/settlement-gateway.yml").read_text())
     assert provider["providers"][0]["type"] == "file"
     source = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
