@@ -109,6 +109,13 @@ RULES: tuple[RuleSpec, ...] = (
         EMERGENCY_INSTITUTION_ARTICLE,
     ),
     RuleSpec(
+        Reason.DEPARTMENT_CODE_MISSING,
+        f"{FOSHAN} 第二十条",
+        "该费用明细未传科室编码，本机构（{institution}）有科室被中止医保结算（{start} 至 {end}），"
+        "须传开单科室编码方可结算，请在 HIS 中补传科室编码。",
+        EMERGENCY_INSTITUTION_ARTICLE,
+    ),
+    RuleSpec(
         Reason.DEPARTMENT_SUSPENDED,
         f"{FOSHAN} 第二十条",
         "科室“{department}”被中止医保结算（{start} 至 {end}），该期间发生的费用不予结算。",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from gateway.codes import DEFAULT_SHAPES, CodeShapes
+from gateway.codes import DEFAULT_SHAPES, CodeShapes, is_blank
 from gateway.days import format_day
 from gateway.policy import (
     EMERGENCY_DETAIL_PREFIX,
@@ -105,7 +105,8 @@ STAFF_STATUS_REASON: Mapping[Status, Reason | None] = {
 
 
 def _check_item(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
-    return None if line.item_code.strip() else (Reason.ITEM_CODE_MISSING, None)
+    # A code of nothing but zero-width or control characters is as missing as an empty one.
+    return (Reason.ITEM_CODE_MISSING, None) if is_blank(line.item_code) else None
 
 
 def _check_staff_code(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
@@ -127,9 +128,24 @@ def _check_institution(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | 
     return None if reason is None else (reason, period)
 
 
+def _department_stop(departments: DepartmentActions, day: int) -> Period | None:
+    """A department stop of the institution in force on ``day`` (the first, by department
+    code), or None."""
+    for code in sorted(departments.by_department):
+        period = strictest(departments.by_department[code], day)
+        if period is not None and period.status is not Status.NORMAL:
+            return period
+    return None
+
+
 def _check_department(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
     if ev.departments is None:
         return None
+    if not line.department_code:
+        # Where a department is stopped, a line must say which department it is from, or
+        # leaving the code out would slip past the stop (002 §20).
+        stop = _department_stop(ev.departments, line.service_day)
+        return None if stop is None else (Reason.DEPARTMENT_CODE_MISSING, stop)
     periods = ev.departments.by_department.get(line.department_code)
     if not periods:
         return None
@@ -173,7 +189,7 @@ CHECKS: tuple[Check, ...] = (
             Reason.INSTITUTION_SUSPENDED,
         ),
     ),
-    Check("department", _check_department, (Reason.DEPARTMENT_SUSPENDED,)),
+    Check("department", _check_department, (Reason.DEPARTMENT_CODE_MISSING, Reason.DEPARTMENT_SUSPENDED)),
     Check(
         "staff",
         _check_staff,
@@ -252,7 +268,11 @@ def _consulted_periods(line: Line, evidence: Evidence, config: RulesConfig) -> I
     if evidence.institution is not None:
         yield from evidence.institution.as_periods
     if evidence.departments is not None:
-        yield from evidence.departments.by_department.get(line.department_code, ())
+        if line.department_code:
+            yield from evidence.departments.by_department.get(line.department_code, ())
+        else:  # a line without a department is judged against every department's stops
+            for periods in evidence.departments.by_department.values():
+                yield from periods
     record = evidence.staff.get(line.staff_code)
     if record is not None:
         yield from record.by_institution.get(evidence.institution_code, ())
@@ -291,7 +311,7 @@ def decide_all(lines: Sequence[Line], evidence: Evidence, config: RulesConfig) -
     out: list[Decision] = []
     append = out.append
     for line in lines:
-        key = (line.staff_code, line.department_code, line.emergency, not line.item_code.strip())
+        key = (line.staff_code, line.department_code, line.emergency, is_blank(line.item_code))
         day = line.service_day
         known = memo.get(key)
         if known is not None and known[0] <= day <= known[1]:

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from gateway.audit import AuditLog
 from gateway.auth import AccessDenied, Authorizer
 from gateway.config import Settings
+from gateway.days import day_of_instant
 from gateway.metrics import GatewayMetrics
 from gateway.outage import StoreUnavailable, decide_with_gaps
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
@@ -136,7 +137,8 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlinePassed("the call's deadline passed before it could be judged")
-        parsed = parse_request(request, self.rules, self.settings.max_lines)
+        max_day = day_of_instant(int(time.time())) + self.settings.max_future_days
+        parsed = parse_request(request, self.rules, self.settings.max_lines, max_day)
         codes = staff_codes_to_fetch(parsed.lines, self.rules)
         try:
             snapshot = await self.store.read(parsed.institution_code, codes)

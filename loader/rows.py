@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from gateway.codes import CodeShapes
+from gateway.codes import CodeShapes, canonical_department
 from gateway.days import OPEN_END
 from gateway.records import Status
 from loader import columns as col
@@ -169,7 +169,7 @@ class RowValidator:
         ):
             return None
         name = (cells[self._name_at].strip() or None) if self.keep_names else None
-        department = cells[self._department_at].strip()
+        department = canonical_department(cells[self._department_at])
         return StaffEntry(line, code, institution, department, status, start, end, category, name)
 
     # -- fields -------------------------------------------------------------------------
@@ -235,7 +235,7 @@ class RowValidator:
             if category not in col.STAFF_CATEGORIES:
                 raise _Invalid(col.CATEGORY, "无法识别的人员类别", category)
         name = cells[self._name_at].strip() or None if self.keep_names else None
-        department = cells[self._department_at].strip()
+        department = canonical_department(cells[self._department_at])
         return StaffEntry(line, code, institution, department, status, start, end, category, name)
 
     def _institution(self, line: int, cells: list[str]) -> InstitutionEntry:
@@ -249,9 +249,11 @@ class RowValidator:
 
     def _department(self, line: int, cells: list[str]) -> DepartmentEntry:
         institution = self._institution_code(cells)
-        department = cells[self._department_at].strip()
+        # One canonical form (NFKC, nothing invisible, ASCII upper case), as the gateway
+        # compares: ``ａ05`` in the agency's file stops the ``A05`` the HIS sends.
+        department = canonical_department(cells[self._department_at])
         if not department:
-            raise _Invalid(col.DEPARTMENT, "科室编码为空")
+            raise _Invalid(col.DEPARTMENT, "科室编码为空", cells[self._department_at])
         status = self._status(cells)
         start, end = self._period(cells, status)
         return DepartmentEntry(line, institution, department, status, start, end)
