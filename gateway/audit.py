@@ -37,6 +37,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.policy import Reason, Verdict
 from gateway.redis_client import AsyncRedis, SyncRedis
+from gateway.redis_permissions import PermissionWatch, is_permission_error
 from gateway.rules import Decision
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ class AuditLog:
         self.pending_lines = 0
         self.written = 0
         self.dropped = 0
+        # Set by the server: a refused XADD is a misconfigured ACL, reported like any refusal.
+        self.permissions: PermissionWatch | None = None
         self.write_timeout = write_timeout(client_timeout(client) if redis_timeout is None else redis_timeout)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -297,6 +300,8 @@ class AuditLog:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any store failure or timeout: keep, retry later
                     self._retry = batch
+                    if self.permissions is not None and is_permission_error(exc):
+                        self.permissions.saw(exc, "xadd")
                     log.warning(
                         "audit write failed; will retry",
                         extra={"error": str(exc) or type(exc).__name__, "lines": len(batch)},

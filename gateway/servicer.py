@@ -229,6 +229,8 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         except (NoDataError, *STORE_ERRORS):
             reachable = False
             meta = self.store.meta
+        if self.store.permissions.failing() is not None:
+            reachable = False  # reachable, but refusing commands the gateway needs
         status = pb.GatewayStatus(store_reachable=reachable, degraded=not reachable)
         if meta is not None:
             status.data_version = meta.version

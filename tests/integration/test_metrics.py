@@ -213,7 +213,7 @@ async def test_lines_amounts_and_per_institution_counts(
         ("REJECT", "STAFF_CODE_MALFORMED"): 1,
         ("REJECT", "ITEM_CODE_MISSING"): 3,
     }
-    assert len(lines) == 4 * 15  # every verdict x reason pair exists, at zero if unused
+    assert len(lines) == 4 * 16  # every verdict x reason pair exists, at zero if unused
 
     def amount(verdict: str, direction: str) -> float | None:
         return s.value("sgw_amount_fen_total", verdict=verdict, direction=direction)
