@@ -87,6 +87,22 @@ def canonical_department(code: str) -> str:
     return _visible(unicodedata.normalize("NFKC", code)).translate(_ASCII_UPPER)
 
 
+# Canonical forms already computed: a bill repeats a handful of department codes, and the
+# hot loop of a request should not normalise ``A03`` once per line. Bounded: emptied when full.
+DEPARTMENT_FORMS: dict[str, str] = {}
+_DEPARTMENT_FORMS_MAX = 4096
+
+
+def canonical_department_cached(code: str) -> str:
+    """``canonical_department``, memoised (the request parser calls it once per line)."""
+    found = DEPARTMENT_FORMS.get(code)
+    if found is None:
+        if len(DEPARTMENT_FORMS) >= _DEPARTMENT_FORMS_MAX:
+            DEPARTMENT_FORMS.clear()
+        found = DEPARTMENT_FORMS[code] = canonical_department(code)
+    return found
+
+
 def is_blank(text: str) -> bool:
     """True when ``text`` holds nothing visible (empty, spaces, or only control and invisible
     characters such as a zero-width space): such an item code is a missing one."""

@@ -311,7 +311,14 @@ def decide_all(lines: Sequence[Line], evidence: Evidence, config: RulesConfig) -
     out: list[Decision] = []
     append = out.append
     for line in lines:
-        key = (line.staff_code, line.department_code, line.emergency, is_blank(line.item_code))
+        item = line.item_code
+        # ``is_blank`` only for the rare code that is not plainly visible: this runs per line.
+        key = (
+            line.staff_code,
+            line.department_code,
+            line.emergency,
+            not (item.isprintable() and item.strip()) and is_blank(item),
+        )
         day = line.service_day
         known = memo.get(key)
         if known is not None and known[0] <= day <= known[1]:

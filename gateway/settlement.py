@@ -18,7 +18,7 @@ from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.codes import MAX_FIELD_CHARS, canonical_department
+from gateway.codes import DEPARTMENT_FORMS, MAX_FIELD_CHARS, canonical_department_cached
 from gateway.days import (
     CST_OFFSET_SECONDS,
     SECONDS_PER_DAY,
@@ -71,6 +71,14 @@ NO_MAX_DAY = 2**62
 
 
 def _check_field_sizes(request: pb.ValidateRequest) -> None:
+    if (
+        len(request.request_id)
+        + len(request.settlement_id)
+        + len(request.institution_code)
+        + len(request.med_type)
+        <= MAX_FIELD_CHARS
+    ):
+        return  # the usual request: no field can be longer than all of them together
     for name in REQUEST_FIELDS:
         size = len(getattr(request, name))
         if size > MAX_FIELD_CHARS:
@@ -117,18 +125,17 @@ def parse_request(
     lines: list[Line] = []
     append = lines.append
     limit = MAX_FIELD_CHARS
+    department_form = DEPARTMENT_FORMS.get
     for index, line in enumerate(request.lines):
         staff = line.staff_code
         department = line.department_code
         item = line.item_code
         line_id = line.line_id
+        # One comparison for the usual line: no field can be longer than all of them together.
         if (
-            len(staff) > limit
-            or len(department) > limit
-            or len(item) > limit
-            or len(line_id) > limit
-            or len(line.prescribing_institution_code) > limit
-        ):
+            len(staff) + len(department) + len(item) + len(line_id) + len(line.prescribing_institution_code)
+            > limit
+        ) and any(len(getattr(line, name)) > limit for name in LINE_FIELDS):
             raise _oversized_field(index, line)
         ts = line.service_time
         seconds = ts.seconds
@@ -145,7 +152,7 @@ def parse_request(
         append(
             Line(
                 staff.strip(),
-                canonical_department(department) if department else "",
+                department_form(department) or canonical_department_cached(department),
                 item,
                 day,
                 request_emergency or line.emergency,
