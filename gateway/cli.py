@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", type=Path, help="embedded Redis directory ($SGW_STATE_DIR)")
     s.add_argument("--namespace", help="key namespace ($SGW_NAMESPACE, default sgw)")
     s.add_argument("--max-lines", type=int, help="max lines per request ($SGW_MAX_LINES, default 10000)")
+    s.add_argument("--max-future-days", type=int,
+                   help="days after today (CST) a service_time may be ($SGW_MAX_FUTURE_DAYS, default 0)")  # fmt: skip
     s.add_argument("--emergency-med-types", type=parse_csv_set,
                    help="医疗类别 codes treated as emergencies ($SGW_EMERGENCY_MED_TYPES, default 13,24)")  # fmt: skip
     s.add_argument("--policy-profile",
@@ -130,7 +132,7 @@ def parse_when_end(text: str) -> float:
 
 
 SETTING_FLAGS = (
-    "listen", "metrics_listen", "redis_url", "state_dir", "namespace", "max_lines",
+    "listen", "metrics_listen", "redis_url", "state_dir", "namespace", "max_lines", "max_future_days",
     "emergency_med_types", "national_cancellation", "redis_timeout_seconds",
     "shutdown_grace_seconds", "log_level", "event_loop", "workers", "outage_policy",
     "degraded_max_age_seconds", "max_concurrent_rpcs", "tls_cert", "tls_key", "tls_client_ca",

@@ -72,6 +72,13 @@ def parse_positive_int(value: str) -> int:
     return number
 
 
+def parse_non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
 def parse_positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -98,6 +105,9 @@ class Settings:
     state_dir: Path = field(default_factory=default_state_dir)
     namespace: str = DEFAULT_NAMESPACE
     max_lines: int = 10_000
+    # A line dated after today (CST) plus this many days is refused: a bill is settled on or
+    # after the day of service, and a line dated years ahead would never be audited.
+    max_future_days: int = 0
     emergency_med_types: frozenset[str] = DEFAULT_EMERGENCY_MED_TYPES
     staff_code_pattern: str = DEFAULT_STAFF_CODE_PATTERN
     institution_code_pattern: str = DEFAULT_INSTITUTION_CODE_PATTERN
@@ -235,6 +245,8 @@ class Settings:
             raise ConfigError(f"SGW_POLICY_PROFILE={self.policy_profile!r}: {exc}") from exc
         if self.max_lines <= 0:
             raise ConfigError(f"max_lines must be positive, got {self.max_lines}")
+        if self.max_future_days < 0:
+            raise ConfigError(f"max_future_days must be 0 or more, got {self.max_future_days}")
         if self.workers <= 0:
             raise ConfigError(f"workers must be positive, got {self.workers}")
         tls = {
@@ -302,6 +314,7 @@ ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "state_dir": ("SGW_STATE_DIR", Path),
     "namespace": ("SGW_NAMESPACE", str),
     "max_lines": ("SGW_MAX_LINES", parse_positive_int),
+    "max_future_days": ("SGW_MAX_FUTURE_DAYS", parse_non_negative_int),
     "emergency_med_types": ("SGW_EMERGENCY_MED_TYPES", parse_csv_set),
     "staff_code_pattern": ("SGW_STAFF_CODE_PATTERN", str),
     "institution_code_pattern": ("SGW_INSTITUTION_CODE_PATTERN", str),

@@ -35,6 +35,7 @@ from gateway.breaker import BreakerOpen
 from gateway.code_share import CodeShareTracker
 from gateway.codes import DEFAULT_SHAPES, CodeShapes
 from gateway.policy import Reason, Verdict
+from gateway.redis_permissions import GATEWAY_COMMANDS
 from gateway.rules import Decision, Line
 
 OTHER_INSTITUTION = "other"
@@ -345,6 +346,14 @@ class GatewayMetrics:
             "sgw_redis_errors_total", "Redis calls that failed, by call and kind of error.",
             ["call", "error"], registry=registry,
         )  # fmt: skip
+        # NOPERM / NOAUTH / WRONGPASS: the ACL or the password is wrong (gateway.redis_permissions).
+        self.redis_permission_errors = Counter(
+            "sgw_redis_permission_errors_total",
+            "Redis commands refused to the gateway for want of a permission or a valid login, by command.",
+            ["command"], registry=registry,
+        )  # fmt: skip
+        for command in GATEWAY_COMMANDS:
+            self.redis_permission_errors.labels(command)
 
     def _declare_admission(self, registry: CollectorRegistry) -> None:
         """Fair share and safe defaults (gateway/admission.py, gateway/server.py)."""

@@ -110,8 +110,9 @@ RULES: tuple[RuleSpec, ...] = (
     ),
     RuleSpec(
         Reason.DEPARTMENT_CODE_MISSING,
-        f"{NANTONG} 第六十条",
-        "该费用明细未传科室编码，无科室代码的费用不能核对科室医保结算状态，医保基金不予支付，请在 HIS 中补传科室编码。",
+        f"{FOSHAN} 第二十条",
+        "该费用明细未传科室编码，本机构（{institution}）有科室被中止医保结算（{start} 至 {end}），"
+        "须传开单科室编码方可结算，请在 HIS 中补传科室编码。",
         EMERGENCY_INSTITUTION_ARTICLE,
     ),
     RuleSpec(

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from gateway.codes import canonical_department
+
 
 class Status(enum.IntEnum):
     """Agreement status; the value is its strictness (注销 > 解除 > 封锁 > 中止 > 正常)."""
@@ -189,9 +191,11 @@ class DepartmentActions:
     @classmethod
     def decode(cls, raw: bytes | str) -> DepartmentActions:
         doc = orjson.loads(raw)
-        return cls(
-            {
-                dept: tuple(Period(Status(s), start, end) for s, start, end in periods)
-                for dept, periods in doc.items()
-            }
-        )
+        # Keys are canonical as the loader writes them; data published before that rule may
+        # hold ``a05`` beside ``A05``: read in canonical form, both are one department's stops.
+        by_department: dict[str, tuple[Period, ...]] = {}
+        for dept, periods in doc.items():
+            key = canonical_department(dept)
+            found = tuple(Period(Status(s), start, end) for s, start, end in periods)
+            by_department[key] = by_department.get(key, ()) + found
+        return cls(by_department)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from gateway.codes import DEFAULT_SHAPES, CodeShapes
+from gateway.codes import DEFAULT_SHAPES, CodeShapes, is_blank
 from gateway.days import OPEN_END, format_day
 from gateway.policy import (
     EMERGENCY_DETAIL_PREFIX,
@@ -156,7 +156,8 @@ STAFF_STATUS_REASON: Mapping[Status, Reason | None] = {
 
 
 def _check_item(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
-    return None if line.item_code.strip() else (Reason.ITEM_CODE_MISSING, None)
+    # A code of nothing but zero-width or control characters is as missing as an empty one.
+    return (Reason.ITEM_CODE_MISSING, None) if is_blank(line.item_code) else None
 
 
 def _check_staff_code(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
@@ -197,9 +198,24 @@ def _check_department_code_required(line: Line, ev: Evidence, cfg: RulesConfig) 
     return None
 
 
+def _department_stop(departments: DepartmentActions, day: int) -> Period | None:
+    """A department stop of the institution in force on ``day`` (the first, by department
+    code), or None."""
+    for code in sorted(departments.by_department):
+        period = strictest(departments.by_department[code], day)
+        if period is not None and period.status is not Status.NORMAL:
+            return period
+    return None
+
+
 def _check_department(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
     if ev.departments is None:
         return None
+    if not line.department_code:
+        # Where a department is stopped, a line must say which department it is from, or
+        # leaving the code out would slip past the stop (002 §20).
+        stop = _department_stop(ev.departments, line.service_day)
+        return None if stop is None else (Reason.DEPARTMENT_CODE_MISSING, stop)
     periods = ev.departments.by_department.get(line.department_code)
     if not periods:
         return None
@@ -297,7 +313,7 @@ CHECKS: tuple[Check, ...] = (
         ),
     ),
     Check("department_code_required", _check_department_code_required, (Reason.DEPARTMENT_CODE_MISSING,)),
-    Check("department", _check_department, (Reason.DEPARTMENT_SUSPENDED,)),
+    Check("department", _check_department, (Reason.DEPARTMENT_CODE_MISSING, Reason.DEPARTMENT_SUSPENDED)),
     Check(
         "staff",
         _check_staff,
@@ -312,7 +328,9 @@ CHECKS: tuple[Check, ...] = (
     ),
 )
 
-CHECK_ORDER: tuple[Reason, ...] = tuple(r for check in CHECKS for r in check.reasons)
+# Two checks may report one reason (DEPARTMENT_CODE_MISSING: required everywhere by a profile,
+# or where a department stop is in force): each reason once, at its first place.
+CHECK_ORDER: tuple[Reason, ...] = tuple(dict.fromkeys(r for check in CHECKS for r in check.reasons))
 
 
 def first_finding(line: Line, evidence: Evidence, config: RulesConfig) -> Finding | None:
@@ -379,7 +397,11 @@ def _consulted_periods(line: Line, evidence: Evidence, config: RulesConfig) -> I
     if evidence.institution is not None:
         yield from _institution_periods(evidence.institution, config)
     if evidence.departments is not None:
-        yield from evidence.departments.by_department.get(line.department_code, ())
+        if line.department_code:
+            yield from evidence.departments.by_department.get(line.department_code, ())
+        else:  # a line without a department is judged against every department's stops
+            for periods in evidence.departments.by_department.values():
+                yield from periods
     record = evidence.staff.get(line.staff_code)
     if record is not None:
         yield from staff_periods(line, record, evidence, config)
@@ -446,11 +468,13 @@ def decide_all(
     out: list[Decision] = []
     append = out.append
     for line in lines:
+        item = line.item_code
+        # ``is_blank`` only for the rare code that is not plainly visible: this runs per line.
         key = (
             line.staff_code,
             line.department_code,
             line.emergency,
-            not line.item_code.strip(),
+            not (item.isprintable() and item.strip()) and is_blank(item),
             line.prescribing_institution,
         )
         day = line.service_day

@@ -42,8 +42,15 @@ from gateway.metrics_exposition import MetricsTLS, serve_metrics
 from gateway.metrics_state import ProcessState, StateCollector, state_file, write_state_file
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.redis_client import DEFAULT_MAX_CONNECTIONS, AsyncRedis, async_client
+from gateway.redis_permissions import (
+    PermissionWatch,
+    SelfCheckFailed,
+    fix_for,
+    is_permission_error,
+    self_check,
+)
 from gateway.servicer import SettlementGateway, add_to_server
-from gateway.store import STORE_ERRORS, NoDataError, Store
+from gateway.store import READ_SCRIPT, STORE_ERRORS, NoDataError, Store
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,11 @@ async def connect(url: str, timeout: float, max_connections: int = DEFAULT_MAX_C
             await client.ping()
             return client
         except STORE_ERRORS as exc:
+            if is_permission_error(exc):  # a wrong password stays wrong: no retry
+                await client.aclose()
+                raise StartupError(
+                    f"Redis refused the gateway's login: {exc}; {fix_for('auth', exc)}"
+                ) from exc
             remaining = CONNECT_ATTEMPTS - attempt
             log.warning("redis not reachable", extra={"error": str(exc), "retries_left": remaining})
             if not remaining:
@@ -184,6 +196,11 @@ class GatewayApp:
         s = self.settings
         authorizer = self._authorizer()
         client = await connect(self.redis_url, s.redis_timeout_seconds, s.redis_max_connections)
+        try:
+            await self_check(client, Keys(s.namespace), READ_SCRIPT, s.audit)
+        except (SelfCheckFailed, *STORE_ERRORS) as exc:
+            await client.aclose()
+            raise StartupError(str(exc)) from exc
         self.store = Store(
             client,
             Keys(s.namespace),
@@ -194,6 +211,7 @@ class GatewayApp:
             degraded_max_age_seconds=s.degraded_max_age_seconds,
             on_incomplete=self.metrics.incomplete_versions.inc,
         )
+        self.store.permissions = PermissionWatch(self.metrics.redis_permission_errors)
         with contextlib.suppress(NoDataError):
             await self.store.refresh()
         if s.audit:
@@ -208,6 +226,7 @@ class GatewayApp:
                     " set SGW_AUDIT_DSN and run settlement-gateway audit-archive to keep them",
                     extra={"audit_max_entries": s.audit_max_entries},
                 )
+            self.audit.permissions = self.store.permissions
             self.audit.start()
 
         admission = Admission(
@@ -282,8 +301,11 @@ class GatewayApp:
             meta = await self.store.refresh()
         except (NoDataError, *STORE_ERRORS):
             meta = None
-        # Usable data: live, or a fresh enough cache to answer degraded from.
-        serving = meta is not None or self.store.fallback_ready()
+        # Usable data: live, or a fresh enough cache to answer degraded from; and Redis not
+        # refusing the gateway's commands (a misconfigured ACL is no outage to ride out).
+        serving = (
+            meta is not None or self.store.fallback_ready()
+        ) and self.store.permissions.failing() is None
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )

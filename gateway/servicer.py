@@ -23,6 +23,7 @@ from gateway import slices
 from gateway.audit import AuditLog
 from gateway.auth import AccessDenied, Authorizer, peer_identities
 from gateway.config import Settings
+from gateway.days import day_of_instant
 from gateway.metrics import GatewayMetrics
 from gateway.outage import StoreUnavailable
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
@@ -137,8 +138,9 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise DeadlinePassed("the call's deadline passed before it could be judged")
+        max_day = day_of_instant(int(time.time())) + self.settings.max_future_days
         # A large bill is judged in slices, the event loop serving other calls between them.
-        parsed = await slices.parse(request, self.rules, self.settings.max_lines)
+        parsed = await slices.parse(request, self.rules, self.settings.max_lines, max_day)
         codes = staff_codes_to_fetch(parsed.lines, self.rules)
         try:
             snapshot = await self.store.read(parsed.institution_code, codes)
@@ -238,6 +240,9 @@ class SettlementGateway(pb_grpc.SettlementGatewayServicer):
         except (NoDataError, *STORE_ERRORS):
             reachable, degraded = False, True
             meta = self.store.meta
+        if self.store.permissions.failing() is not None:
+            reachable = False  # reachable, but refusing commands the gateway needs
+            degraded = True
         status = pb.GatewayStatus(store_reachable=reachable, degraded=degraded)
         status.policy_profile = self.settings.profile.name
         if meta is not None:

@@ -1,8 +1,13 @@
 """Turn a ``ValidateRequest`` into rule inputs and decisions into a ``ValidateResponse``.
 
 Whole-request faults (no institution, no lines, too many lines, a line without a valid
-service time, totals beyond int64) raise ``RequestError`` naming the offending line; the
-servicer maps it to ``INVALID_ARGUMENT``. Nothing here touches Redis or the network.
+service time or dated after the latest accepted day, an id, code or med_type longer than
+``MAX_FIELD_CHARS``, totals beyond int64) raise ``RequestError`` naming the offending line or
+field; the servicer maps it to ``INVALID_ARGUMENT``. Nothing here touches Redis, the network
+or the clock (the caller passes the latest accepted day).
+
+Field sizes are bounded because every audited line copies its ids and codes into the audit
+stream: one call with two 100 KB ids and 500 audited lines would add 115 MB to Redis.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from operator import attrgetter
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import reply
+from gateway.codes import DEPARTMENT_FORMS, MAX_FIELD_CHARS, canonical_department_cached
 from gateway.days import (
     CST_OFFSET_SECONDS,
     SECONDS_PER_DAY,
     TIMESTAMP_MAX_SECONDS,
     TIMESTAMP_MIN_SECONDS,
+    date_of_day,
     day_of_instant,
 )
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
@@ -61,11 +68,59 @@ def _service_day(index: int, line: pb.SettlementLine) -> int:
     return day_of_instant(ts.seconds)
 
 
+REQUEST_FIELDS = ("request_id", "settlement_id", "institution_code", "med_type")
+LINE_FIELDS = ("line_id", "staff_code", "department_code", "item_code", "prescribing_institution_code")
+# No day limit: the caller did not say which day is today.
+NO_MAX_DAY = 2**62
+
+
+def _check_field_sizes(request: pb.ValidateRequest) -> None:
+    if (
+        len(request.request_id)
+        + len(request.settlement_id)
+        + len(request.institution_code)
+        + len(request.med_type)
+        <= MAX_FIELD_CHARS
+    ):
+        return  # the usual request: no field can be longer than all of them together
+    for name in REQUEST_FIELDS:
+        size = len(getattr(request, name))
+        if size > MAX_FIELD_CHARS:
+            raise RequestError(f"{name} has {size} characters; at most {MAX_FIELD_CHARS} are accepted")
+
+
+def _oversized_field(index: int, line: pb.SettlementLine) -> RequestError:
+    """The error for a line with an oversized field (the hot loop only noticed one)."""
+    for name in LINE_FIELDS:
+        size = len(getattr(line, name))
+        if size > MAX_FIELD_CHARS:
+            label = f"lines[{index}]" if name == "line_id" else _line_label(index, line.line_id)
+            return RequestError(
+                f"{label}.{name} has {size} characters; at most {MAX_FIELD_CHARS} are accepted"
+            )
+    raise AssertionError("no oversized field")
+
+
+def _future_line(index: int, line_id: str, day: int, max_day: int) -> RequestError:
+    return RequestError(
+        f"{_line_label(index, line_id)} has a service_time on {date_of_day(day).isoformat()} (CST), "
+        f"after the latest accepted service day {date_of_day(max_day).isoformat()} "
+        "(today plus SGW_MAX_FUTURE_DAYS)"
+    )
+
+
 def parse_request(
-    request: pb.ValidateRequest, config: RulesConfig, max_lines: int, start: int = 0, stop: int | None = None
+    request: pb.ValidateRequest,
+    config: RulesConfig,
+    max_lines: int,
+    max_day: int = NO_MAX_DAY,
+    start: int = 0,
+    stop: int | None = None,
 ) -> ParsedRequest:
-    """The request's lines ``start:stop`` (all by default; a slice for ``gateway.slices``),
-    after the whole-request checks."""
+    """The rule inputs of the request's lines ``start:stop`` (all by default; a slice for
+    ``gateway.slices``), after the whole-request checks. ``max_day``: the latest CST service
+    day accepted (today plus ``SGW_MAX_FUTURE_DAYS``); a line dated later is no bill of today's."""
+    _check_field_sizes(request)
     institution = request.institution_code.strip()
     if not institution:
         raise RequestError("institution_code is empty")
@@ -79,8 +134,20 @@ def parse_request(
     # computed inline, and the exact error left to ``_service_day`` for the rare bad line.
     lines: list[Line] = []
     append = lines.append
+    limit = MAX_FIELD_CHARS
+    department_form = DEPARTMENT_FORMS.get
     chosen = request.lines if start == 0 and stop is None else request.lines[start:stop]
     for index, line in enumerate(chosen, start):
+        staff = line.staff_code
+        department = line.department_code
+        item = line.item_code
+        line_id = line.line_id
+        prescribing = line.prescribing_institution_code
+        # One comparison for the usual line: no field can be longer than all of them together.
+        if (len(staff) + len(department) + len(item) + len(line_id) + len(prescribing) > limit) and any(
+            len(getattr(line, name)) > limit for name in LINE_FIELDS
+        ):
+            raise _oversized_field(index, line)
         ts = line.service_time
         seconds = ts.seconds
         if (
@@ -91,16 +158,18 @@ def parse_request(
             day = _service_day(index, line)
         else:
             day = (seconds + CST_OFFSET_SECONDS) // SECONDS_PER_DAY
+        if day > max_day:
+            raise _future_line(index, line_id, day, max_day)
         append(
             Line(
-                line.staff_code.strip(),
-                line.department_code.strip(),
-                line.item_code,
+                staff.strip(),
+                department_form(department) or canonical_department_cached(department),
+                item,
                 day,
                 request_emergency or line.emergency,
-                line.line_id,
+                line_id,
                 line.amount_fen,
-                line.prescribing_institution_code.strip(),
+                prescribing.strip(),
             )
         )
     return ParsedRequest(institution, lines, request_emergency)

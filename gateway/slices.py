@@ -22,6 +22,7 @@ from gateway.outage import decide_with_gaps
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.rules import Decision, DecisionMemo, Evidence, Line, RulesConfig, decide_all
 from gateway.settlement import (
+    NO_MAX_DAY,
     ParsedRequest,
     build_response,
     parse_request,
@@ -36,15 +37,17 @@ def _bounds(count: int) -> range:
     return range(0, count, SLICE_LINES)
 
 
-async def parse(request: pb.ValidateRequest, config: RulesConfig, max_lines: int) -> ParsedRequest:
+async def parse(
+    request: pb.ValidateRequest, config: RulesConfig, max_lines: int, max_day: int = NO_MAX_DAY
+) -> ParsedRequest:
     """``parse_request``, a slice at a time for a large bill."""
     count = len(request.lines)
     if count <= SLICE_LINES or count > max_lines:
-        return parse_request(request, config, max_lines)
+        return parse_request(request, config, max_lines, max_day)
     lines: list[Line] = []
     parsed = None
     for start in _bounds(count):
-        parsed = parse_request(request, config, max_lines, start, start + SLICE_LINES)
+        parsed = parse_request(request, config, max_lines, max_day, start, start + SLICE_LINES)
         lines.extend(parsed.lines)
         await asyncio.sleep(0)
     assert parsed is not None

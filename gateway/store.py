@@ -40,6 +40,7 @@ from gateway.keys import VERSION_LEASE_SECONDS, Keys
 from gateway.outage import OutagePolicy, usable_lookup
 from gateway.records import DepartmentActions, InstitutionRecord, StaffRecord
 from gateway.redis_client import AsyncRedis, ReadOnlyScript
+from gateway.redis_permissions import PermissionWatch, is_permission_error
 from gateway.versions import VersionMeta
 
 T = TypeVar("T")
@@ -150,6 +151,8 @@ class Store:
         self._on_incomplete = on_incomplete
         # The last version declined (versions never change: no need to read it again).
         self._declined: VersionMeta | None = None
+        # Refusals for want of a permission (a misconfigured ACL), told apart from outages.
+        self.permissions = PermissionWatch()
 
     async def _call(self, operation: Awaitable[T]) -> T:
         """One store call through the breaker."""
@@ -161,8 +164,10 @@ class Store:
             raise
         try:
             result = await operation
-        except STORE_ERRORS:
+        except STORE_ERRORS as exc:
             self.breaker.failed()
+            if is_permission_error(exc):
+                self.permissions.saw(exc)
             raise
         except BaseException:
             self.breaker.abandoned()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from gateway.codes import CodeShapes
+from gateway.codes import CodeShapes, canonical_department
 from gateway.days import OPEN_END
 from gateway.records import Status
 from loader import columns as col
@@ -183,7 +183,7 @@ class RowValidator:
         ):
             return None
         name = (cells[self._name_at].strip() or None) if self.keep_names else None
-        department = cells[self._department_at].strip()
+        department = canonical_department(cells[self._department_at])
         return StaffEntry(line, code, institution, department, status, start, end, category, name)
 
     # -- fields -------------------------------------------------------------------------
@@ -249,7 +249,7 @@ class RowValidator:
             if category not in col.STAFF_CATEGORIES:
                 raise _Invalid(col.CATEGORY, "无法识别的人员类别", category)
         name = _text(cells, self._name_at, col.NAME) or None if self.keep_names else None
-        department = _text(cells, self._department_at, col.DEPARTMENT)
+        department = canonical_department(_text(cells, self._department_at, col.DEPARTMENT))
         return StaffEntry(line, code, institution, department, status, start, end, category, name)
 
     def _institution(self, line: int, cells: list[str]) -> InstitutionEntry:
@@ -263,9 +263,11 @@ class RowValidator:
 
     def _department(self, line: int, cells: list[str]) -> DepartmentEntry:
         institution = self._institution_code(cells)
-        department = _text(cells, self._department_at, col.DEPARTMENT)
+        # One canonical form (NFKC, nothing invisible, ASCII upper case), as the gateway
+        # compares: ``ａ05`` in the agency's file stops the ``A05`` the HIS sends.
+        department = canonical_department(_text(cells, self._department_at, col.DEPARTMENT))
         if not department:
-            raise _Invalid(col.DEPARTMENT, "科室编码为空")
+            raise _Invalid(col.DEPARTMENT, "科室编码为空", cells[self._department_at])
         status = self._status(cells)
         start, end = self._period(cells, status)
         return DepartmentEntry(line, institution, department, status, start, end)

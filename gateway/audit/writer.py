@@ -35,6 +35,7 @@ from gateway.keys import Keys
 from gateway.metrics import GatewayMetrics
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.redis_client import AsyncRedis
+from gateway.redis_permissions import PermissionWatch, is_permission_error
 from gateway.rules import Decision, Evidence, Line, RulesConfig
 from gateway.settlement import parse_request
 
@@ -95,6 +96,8 @@ class AuditLog:
         self.pending_lines = 0
         self.written = 0
         self.dropped = 0
+        # Set by the server: a refused XADD is a misconfigured ACL, reported like any refusal.
+        self.permissions: PermissionWatch | None = None
         self.replayed = 0
         self.write_timeout = write_timeout(client_timeout(client) if redis_timeout is None else redis_timeout)
         self._wakeup = asyncio.Event()
@@ -278,6 +281,8 @@ class AuditLog:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any store failure or timeout: keep, retry later
                     self._retry, self._retry_seq = batch, last_seq
+                    if self.permissions is not None and is_permission_error(exc):
+                        self.permissions.saw(exc, "xadd")
                     log.warning(
                         "audit write failed; will retry",
                         extra={"error": str(exc) or type(exc).__name__, "lines": len(batch)},

@@ -72,7 +72,7 @@ lines = st.builds(
     Line,
     staff_code=st.sampled_from([*CODES, "", "X123", "D33090200000"]),
     department_code=st.sampled_from(["A03", "A05", ""]),
-    item_code=st.sampled_from(["XA01AAA001", "", "  "]),
+    item_code=st.sampled_from(["XA01AAA001", "", "  ", "\u200b"]),
     service_day=DAYS,
     emergency=st.booleans(),
 )

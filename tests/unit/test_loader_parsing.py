@@ -14,8 +14,8 @@ from loader import build
 from loader.columns import ColumnMapping, detect_kind
 from loader.dates import DateError, parse_day
 from loader.reading import FileFormatError, detect_encoding, open_table
-from loader.rows import RowError, RowValidator, StaffEntry
-from tests.exports import HEADERS, staff_row, write_csv
+from loader.rows import DepartmentEntry, RowError, RowValidator, StaffEntry
+from tests.exports import HEADERS, department_row, staff_row, write_csv
 
 
 def day(text: str) -> int:
@@ -135,6 +135,9 @@ def validate(row: list[str], delta: bool = False, keep_names: bool = False) -> S
         (staff_row(end="someday"), "结束日期", "无法识别"),
         (staff_row(start="2026-03-01", end="2026-02-01"), "结束日期", "早于"),
         (staff_row(category="主任"), "人员类别", "无法识别"),
+        (staff_row(code="D３３０９０２００１２３４"), "人员代码", "不符合"),  # full-width digits
+        (staff_row(code="D٣٣٠٩٠٢٠٠١٢٣٤"), "人员代码", "不符合"),  # Arabic-Indic digits
+        (staff_row(institution="H３３０９０２０００１７"), "定点机构代码", "不符合"),
     ],
 )
 def test_bad_rows_say_line_column_and_reason(row: list[str], column: str, reason: str) -> None:
@@ -270,3 +273,18 @@ def test_grouping_keeps_each_persons_rows_in_file_order() -> None:
         [None, Status.NORMAL, None],
         [Status.NORMAL],
     ]
+
+
+@pytest.mark.parametrize("spelling", ["A05", "a05", "Ａ０５", "A05\u200b", " a05\u3000"])
+def test_department_codes_are_read_in_canonical_form(spelling: str) -> None:
+    entry = validate(staff_row(department=spelling))
+    assert isinstance(entry, StaffEntry) and entry.department == "A05"
+    departments = RowValidator("department", HEADERS["department"], DEFAULT_SHAPES, ColumnMapping())
+    stop = departments.check(2, department_row(spelling))
+    assert isinstance(stop, DepartmentEntry) and stop.department == "A05"
+
+
+def test_a_department_code_of_invisible_characters_is_empty() -> None:
+    departments = RowValidator("department", HEADERS["department"], DEFAULT_SHAPES, ColumnMapping())
+    result = departments.check(2, department_row("\u200b"))
+    assert isinstance(result, RowError) and result.column == "科室编码" and "为空" in result.reason

@@ -85,6 +85,8 @@ def mk_line(
     return Line(code, dept, item, d(day), emergency)
 
 
+STOP_A05 = DepartmentActions({"A05": (Period(Status.SUSPENDED, d("2026-03-01"), d("2026-06-30")),)})
+
 # (case id, article checked, line, evidence, expected verdict, expected reason)
 CASES = [
     # Rule 5: judged on the service day; both sides of every suspension boundary (001 §五(一)).
@@ -373,7 +375,91 @@ CASES = [
         Verdict.ACCEPT,
         Reason.OK,
     ),
+    # A line without a department code where a department is stopped (002 §20).
+    (
+        "department-code-missing-under-a-stop",
+        "002 §20",
+        mk_line("2026-04-01", dept=""),
+        evidence(departments=STOP_A05),
+        Verdict.REJECT,
+        Reason.DEPARTMENT_CODE_MISSING,
+    ),
+    (
+        "department-code-missing-before-the-stop",
+        "002 §20",
+        mk_line("2026-02-28", dept=""),
+        evidence(departments=STOP_A05),
+        Verdict.ACCEPT,
+        Reason.OK,
+    ),
+    (
+        "department-code-missing-after-the-stop",
+        "002 §20",
+        mk_line("2026-07-01", dept=""),
+        evidence(departments=STOP_A05),
+        Verdict.ACCEPT,
+        Reason.OK,
+    ),
+    (
+        "department-code-missing-where-nothing-is-stopped",
+        "002 §20",
+        mk_line("2026-02-01", dept=""),
+        evidence(departments=DepartmentActions({"A05": (Period(Status.NORMAL, d("2026-03-01"), OPEN_END),)})),
+        Verdict.ACCEPT,
+        Reason.OK,
+    ),
+    (
+        "institution-beats-department-code-missing",
+        "contract order",
+        mk_line("2026-04-01", dept=""),
+        evidence(
+            inst=institution((Status.NORMAL, "2020-01-01", None), (Status.SUSPENDED, "2026-03-15", None)),
+            departments=STOP_A05,
+        ),
+        Verdict.REJECT,
+        Reason.INSTITUTION_SUSPENDED,
+    ),
+    (
+        "department-code-missing-beats-staff",
+        "contract order",
+        mk_line("2026-04-01", dept="", code="D330902009999"),
+        evidence(departments=STOP_A05, staff_record=None, code="D330902009999"),
+        Verdict.REJECT,
+        Reason.DEPARTMENT_CODE_MISSING,
+    ),
     # Rule 6: malformed input gets a clear reason (000 §11; 004 §60).
+    (
+        "item-code-invisible",
+        "004 §60",
+        mk_line(item="\u200b\u2060\ufeff"),
+        evidence(),
+        Verdict.REJECT,
+        Reason.ITEM_CODE_MISSING,
+    ),
+    (
+        "item-code-control",
+        "004 §60",
+        mk_line(item="\x00\x1f"),
+        evidence(),
+        Verdict.REJECT,
+        Reason.ITEM_CODE_MISSING,
+    ),
+    (
+        "staff-code-full-width-digits",
+        "000 §11",
+        mk_line(code="D３３０９０２００１２３４"),
+        evidence(code="D３３０９０２００１２３４"),
+        Verdict.REJECT,
+        Reason.STAFF_CODE_MALFORMED,
+    ),
+    (
+        "staff-code-arabic-indic-digits",
+        "000 §11",
+        mk_line(code="D٣٣٠٩٠٢٠٠١٢٣٤"),
+        evidence(code="D٣٣٠٩٠٢٠٠١٢٣٤"),
+        Verdict.REJECT,
+        Reason.STAFF_CODE_MALFORMED,
+    ),
     ("item-code-missing", "004 §60", mk_line(item=""), evidence(), Verdict.REJECT, Reason.ITEM_CODE_MISSING),
     ("item-code-blank", "004 §60", mk_line(item="   "), evidence(), Verdict.REJECT, Reason.ITEM_CODE_MISSING),
     (
@@ -471,9 +557,9 @@ def test_emergency_line_with_nothing_wrong_is_a_plain_accept() -> None:
 def test_check_order_is_the_contracts() -> None:
     assert [r.name for r in CHECK_ORDER] == [
         "ITEM_CODE_MISSING", "STAFF_CODE_MISSING", "STAFF_CODE_MALFORMED", "INSTITUTION_UNREGISTERED",
-        "INSTITUTION_TERMINATED", "INSTITUTION_SUSPENDED", "DEPARTMENT_CODE_MISSING", "DEPARTMENT_SUSPENDED", "STAFF_UNREGISTERED",
-        "STAFF_NOT_AT_INSTITUTION", "STAFF_CODE_CANCELLED", "STAFF_TERMINATED", "STAFF_LOCKED",
-        "STAFF_SUSPENDED",
+        "INSTITUTION_TERMINATED", "INSTITUTION_SUSPENDED", "DEPARTMENT_CODE_MISSING", "DEPARTMENT_SUSPENDED",
+        "STAFF_UNREGISTERED", "STAFF_NOT_AT_INSTITUTION", "STAFF_CODE_CANCELLED", "STAFF_TERMINATED",
+        "STAFF_LOCKED", "STAFF_SUSPENDED",
     ]  # fmt: skip
 
 
