@@ -67,6 +67,8 @@ def parse_request(request: pb.ValidateRequest, config: RulesConfig, max_lines: i
     if count > max_lines:
         raise RequestError(f"the settlement has {count} lines; at most {max_lines} are accepted")
     request_emergency = is_emergency_request(int(request.encounter), request.med_type, config)
+    # Field 8 only matters where the profile reads external prescriptions (000 §11).
+    prescriptions = bool(config.external_prescription_prefix)
     # The per-line loop is the hot path of a large bill: one read of each field, the day
     # computed inline, and the exact error left to ``_service_day`` for the rare bad line.
     lines: list[Line] = []
@@ -91,7 +93,7 @@ def parse_request(request: pb.ValidateRequest, config: RulesConfig, max_lines: i
                 request_emergency or line.emergency,
                 line.line_id,
                 line.amount_fen,
-                line.prescribing_institution_code.strip(),
+                line.prescribing_institution_code.strip() if prescriptions else "",
             )
         )
     return ParsedRequest(institution, lines, request_emergency)
