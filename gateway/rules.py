@@ -77,6 +77,7 @@ class RulesConfig:
     # today's plain reading (the hot path checks this one flag).
     cross_site: frozenset[Status] = field(init=False, repr=False, compare=False)
     plain_staff: bool = field(init=False, repr=False, compare=False)
+    plain_institution: bool = field(init=False, repr=False, compare=False)
     day_specific: frozenset[Reason] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +92,7 @@ class RulesConfig:
             and not self.external_prescription_prefix
         )
         object.__setattr__(self, "plain_staff", plain)
+        object.__setattr__(self, "plain_institution", not (self.enforce_bans and self.institution_ban_years))
         # Reasons whose zh-CN detail names the service day: their decision is one day's only.
         day_specific = frozenset(reason for reason, spec in self.specs.items() if "{date}" in spec.detail)
         object.__setattr__(self, "day_specific", day_specific)
@@ -122,6 +124,11 @@ class Evidence:
     institution: InstitutionRecord | None
     departments: DepartmentActions | None
     staff: Mapping[str, StaffRecord | None] = field(default_factory=dict)
+    # Staff periods resolved under a profile's knobs, by (code, prescribing institution): a
+    # decision and its stable days read them twice, and they are this request's alone.
+    resolved: dict[tuple[str, str], tuple[RulesConfig, Sequence[Period]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +190,10 @@ def _check_institution(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | 
     # Unknown, or known but no period covers the day: not designated at that time.
     if ev.institution is None:
         return Reason.INSTITUTION_UNREGISTERED, None
-    period = strictest(_institution_periods(ev.institution, cfg), line.service_day)
+    periods = (
+        ev.institution.as_periods if cfg.plain_institution else _institution_periods(ev.institution, cfg)
+    )
+    period = strictest(periods, line.service_day)
     if period is None:
         return Reason.INSTITUTION_UNREGISTERED, None
     reason = INSTITUTION_STATUS_REASON[period.status]
@@ -267,6 +277,18 @@ def staff_periods(line: Line, record: StaffRecord, ev: Evidence, cfg: RulesConfi
         if cfg.national_cancellation and record.cancellations:
             here = (*here, *record.cancellations)
         return here
+    key = (line.staff_code, line.prescribing_institution)
+    known = ev.resolved.get(key)
+    if known is not None and known[0] is cfg:  # evidence may be judged under several configs
+        return known[1]
+    periods = _resolved_staff_periods(line, record, ev, cfg)
+    ev.resolved[key] = (cfg, periods)
+    return periods
+
+
+def _resolved_staff_periods(
+    line: Line, record: StaffRecord, ev: Evidence, cfg: RulesConfig
+) -> Sequence[Period]:
     sites = tuple(_judged_sites(line, record, ev, cfg))
     periods: list[Period] = []
     for site in sites:
@@ -285,7 +307,13 @@ def _check_staff(line: Line, ev: Evidence, cfg: RulesConfig) -> Finding | None:
     record = ev.staff.get(line.staff_code)
     if record is None or not record.periods:
         return Reason.STAFF_UNREGISTERED, None
-    period = strictest(staff_periods(line, record, ev, cfg), line.service_day)
+    if cfg.plain_staff:  # today's reading, inline: this is every line's path by default
+        here: Sequence[Period] = record.by_institution.get(ev.institution_code, ())
+        if cfg.national_cancellation and record.cancellations:
+            here = (*here, *record.cancellations)
+    else:
+        here = staff_periods(line, record, ev, cfg)
+    period = strictest(here, line.service_day)
     if period is None:
         return Reason.STAFF_NOT_AT_INSTITUTION, None
     reason = STAFF_STATUS_REASON[period.status]
@@ -331,11 +359,13 @@ CHECKS: tuple[Check, ...] = (
 # Two checks may report one reason (DEPARTMENT_CODE_MISSING: required everywhere by a profile,
 # or where a department stop is in force): each reason once, at its first place.
 CHECK_ORDER: tuple[Reason, ...] = tuple(dict.fromkeys(r for check in CHECKS for r in check.reasons))
+# Without the department-code knob its check never finds anything: skipped, one call less a line.
+_CHECKS_NO_DEPARTMENT_CODE = tuple(c for c in CHECKS if c.run is not _check_department_code_required)
 
 
 def first_finding(line: Line, evidence: Evidence, config: RulesConfig) -> Finding | None:
     """The first reason, in contract order, that applies to ``line``; None if none does."""
-    for check in CHECKS:
+    for check in CHECKS if config.department_code_required else _CHECKS_NO_DEPARTMENT_CODE:
         finding = check.run(line, evidence, config)
         if finding is not None:
             return finding
@@ -395,7 +425,10 @@ def _consulted_periods(line: Line, evidence: Evidence, config: RulesConfig) -> I
     Kept beside ``CHECKS``: a check that starts reading other dated data must add it here
     (the property tests compare ``decide_all`` with ``decide`` line by line)."""
     if evidence.institution is not None:
-        yield from _institution_periods(evidence.institution, config)
+        if config.plain_institution:
+            yield from evidence.institution.as_periods
+        else:
+            yield from _institution_periods(evidence.institution, config)
     if evidence.departments is not None:
         if line.department_code:
             yield from evidence.departments.by_department.get(line.department_code, ())
@@ -404,7 +437,12 @@ def _consulted_periods(line: Line, evidence: Evidence, config: RulesConfig) -> I
                 yield from periods
     record = evidence.staff.get(line.staff_code)
     if record is not None:
-        yield from staff_periods(line, record, evidence, config)
+        if config.plain_staff:
+            yield from record.by_institution.get(evidence.institution_code, ())
+            if config.national_cancellation:
+                yield from record.cancellations
+        else:
+            yield from staff_periods(line, record, evidence, config)
 
 
 def consulted_periods_by_source(
@@ -467,6 +505,8 @@ def decide_all(
         memo = {}
     out: list[Decision] = []
     append = out.append
+    # The prescribing institution decides only where external prescriptions are read.
+    external = bool(config.external_prescription_prefix)
     for line in lines:
         item = line.item_code
         # ``is_blank`` only for the rare code that is not plainly visible: this runs per line.
@@ -475,7 +515,7 @@ def decide_all(
             line.department_code,
             line.emergency,
             not (item.isprintable() and item.strip()) and is_blank(item),
-            line.prescribing_institution,
+            line.prescribing_institution if external else "",
         )
         day = line.service_day
         known = memo.get(key)

@@ -130,6 +130,8 @@ def parse_request(
     if count > max_lines:
         raise RequestError(f"the settlement has {count} lines; at most {max_lines} are accepted")
     request_emergency = is_emergency_request(int(request.encounter), request.med_type, config)
+    # Field 8 only matters where the profile reads external prescriptions (000 §11).
+    prescriptions = bool(config.external_prescription_prefix)
     # The per-line loop is the hot path of a large bill: one read of each field, the day
     # computed inline, and the exact error left to ``_service_day`` for the rare bad line.
     lines: list[Line] = []
@@ -169,7 +171,7 @@ def parse_request(
                 request_emergency or line.emergency,
                 line_id,
                 line.amount_fen,
-                prescribing.strip(),
+                prescribing.strip() if prescriptions else "",
             )
         )
     return ParsedRequest(institution, lines, request_emergency)

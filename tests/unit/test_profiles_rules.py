@@ -233,8 +233,14 @@ def test_emergency_admission_covers_the_stay_or_only_its_emergency_part(
 def test_the_prescribing_institution_is_read_from_the_line() -> None:
     msg = line("1")
     msg.prescribing_institution_code = f" {HOSPITAL} "
-    parsed = parse_request(request(msg, institution_code=PHARMACY), DEFAULT, 10)
+    pharmacies = RulesConfig(external_prescription_prefix="P")
+    parsed = parse_request(request(msg, institution_code=PHARMACY), pharmacies, 10)
     assert parsed.lines[0].prescribing_institution == HOSPITAL
+    # Where the profile does not read external prescriptions the field changes nothing.
+    assert (
+        parse_request(request(msg, institution_code=PHARMACY), DEFAULT, 10).lines[0].prescribing_institution
+        == ""
+    )
 
 
 def test_ban_years_are_calendar_years() -> None:
