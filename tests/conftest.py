@@ -35,6 +35,16 @@ hypothesis.settings.register_profile("sgw", deadline=None)
 hypothesis.settings.load_profile("sgw")
 
 
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own ``SGW_STATE_DIR``: the loader keeps its last published counts there (the
+    shrink guard after a Redis wipe), so a CLI run that names no state directory must not meet
+    another test's counts in the user's own one."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("SGW_STATE_DIR", str(state))
+    return state
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

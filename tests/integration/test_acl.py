@@ -157,7 +157,8 @@ async def test_the_gateway_user_reads_and_audits_but_cannot_write(
     gateway.close()
 
     loader = redis.Redis.from_url(acl_redis.loader_url)
-    for command in (("FLUSHALL",), ("CONFIG", "SET", "appendonly", "no"), ("SET", "elsewhere", "x")):
+    trail = [("XTRIM", keys.audit, "MAXLEN", "0"), ("DEL", keys.audit), ("XADD", keys.audit, "*", "a", "b")]
+    for command in (("FLUSHALL",), ("CONFIG", "SET", "appendonly", "no"), ("SET", "elsewhere", "x"), *trail):
         with pytest.raises(redis.exceptions.NoPermissionError):
             loader.execute_command(*command)
     loader.close()
@@ -211,21 +212,16 @@ async def test_gateway_and_loader_work_under_the_shipped_acl_with_no_refusal(
 ) -> None:
     """A full publish, a delta, sustained load with hundreds of version-lease renewals, audit
     writes and ``settlement-gateway audit``: Redis refuses nothing to either user."""
-    for kind, rows in (
-        ("institution", [institution_row()]),
-        ("department", [department_row("A05", start="2026-03-01")]),
-        ("staff", [staff_row(), staff_row(code=OTHER_DOCTOR)]),
-    ):
-        path = exports.write_csv(tmp_path / f"full-{kind}.csv", exports.HEADERS[kind], rows)
-        done = run_cli(
-            "settlement-loader",
-            "sync",
-            str(path),
-            "--kind",
-            kind,
-            env={"SGW_REDIS_URL": acl_redis.loader_url},
+    full = [
+        exports.write_csv(tmp_path / f"full-{kind}.csv", exports.HEADERS[kind], rows)
+        for kind, rows in (
+            ("institution", [institution_row()]),
+            ("department", [department_row("A05", start="2026-03-01")]),
+            ("staff", [staff_row(), staff_row(code=OTHER_DOCTOR)]),
         )
-        assert done.returncode == 0, done.stderr
+    ]
+    done = run_cli("settlement-loader", "sync", *map(str, full), env={"SGW_REDIS_URL": acl_redis.loader_url})
+    assert done.returncode == 0, done.stderr
     delta = exports.write_csv(
         tmp_path / "delta.csv", exports.HEADERS["staff"], [staff_row(status="中止", start="2026-01-01")]
     )
