@@ -116,9 +116,10 @@ BILLS = {
         line("3", SUSPENDED, at_cst(2026, 6, 15)),  # after its end date, no 正常 record since
         line("4", MULTI_SITE, at_cst(2026, 4, 1)),
         line("5", REHIRED, at_cst(2026, 4, 1)),
-        line("6", DOCTOR, at_cst(2026, 4, 1), department_code=""),
+        line("6", DOCTOR, at_cst(2026, 7, 15), department_code=""),  # after A05's stop ended
         line("7", DEPARTED, at_cst(2026, 2, 23)),  # second working day after leaving
         line("8", DEPARTED, at_cst(2026, 2, 24)),  # third: 封锁 (000 §8)
+        line("9", DOCTOR, at_cst(2026, 4, 1), department_code=""),  # while A05 is stopped
     ),
     "emergency-admission": request(
         line("1", SUSPENDED, at_cst(2026, 4, 1)),
@@ -145,7 +146,19 @@ for bill in BILLS.values():  # the prescribing doctors hold their agreement at t
 A, R, E = "ACCEPT", "REJECT", "ACCEPT_EMERGENCY"
 OK = (A, "OK")
 BASE = {
-    "outpatient": [OK, (R, "STAFF_SUSPENDED"), OK, OK, OK, OK, OK, (R, "STAFF_LOCKED")],
+    # Line 9: no department code while one of the hospital's departments is stopped (002 §20):
+    # every region, as the contract has it, since leaving the code out would slip past the stop.
+    "outpatient": [
+        OK,
+        (R, "STAFF_SUSPENDED"),
+        OK,
+        OK,
+        OK,
+        OK,
+        OK,
+        (R, "STAFF_LOCKED"),
+        (R, "DEPARTMENT_CODE_MISSING"),
+    ],
     "emergency-admission": [(E, "STAFF_SUSPENDED"), (E, "STAFF_SUSPENDED"), (E, "DEPARTMENT_SUSPENDED")],
     "pharmacy": [(R, "STAFF_NOT_AT_INSTITUTION"), (R, "STAFF_NOT_AT_INSTITUTION"), OK],
     "banned-hospital": [OK],
