@@ -40,7 +40,7 @@ from gateway.keys import Keys
 from gateway.pb.settlement.v1 import gateway_pb2 as pb
 from gateway.pb.settlement.v1 import gateway_pb2_grpc as pb_grpc
 from loader.publish import Publisher
-from loader.sync import SyncOptions, sync_file
+from loader.sync import FileSpec, SyncOptions, sync_files
 from tests import exports
 from tests.conftest import RedisProcess, free_port
 from tests.exports import HOSPITAL, OTHER_HOSPITAL, institution_row, line, request, staff_row
@@ -110,14 +110,16 @@ def load_two_hospitals(redis_url: str, workdir: Path) -> None:
                 status = STATUS_CYCLE[i % len(STATUS_CYCLE)]
                 if status != "正常":
                     rows.append(staff_row(code, institution, status=status, start="2026-01-01"))
-        for kind, kind_rows in (
-            ("institution", [institution_row(), institution_row(OTHER_HOSPITAL)]),
-            ("staff", rows),
-        ):
-            path = exports.write_csv(workdir / f"{kind}.csv", exports.HEADERS[kind], kind_rows)
-            result = sync_file(path, publisher, SyncOptions(kind=kind))  # type: ignore[arg-type]
-            if result.outcome != 0:
-                raise RuntimeError(f"loading {kind} failed: {result.message}")
+        specs = [
+            FileSpec(exports.write_csv(workdir / f"{kind}.csv", exports.HEADERS[kind], kind_rows))
+            for kind, kind_rows in (
+                ("institution", [institution_row(), institution_row(OTHER_HOSPITAL)]),
+                ("staff", rows),
+            )
+        ]
+        done = sync_files(specs, publisher, SyncOptions())  # one version: both kinds
+        if done.outcome != 0:
+            raise RuntimeError(f"loading the export set failed: {done.message}")
     finally:
         client.close()
 

@@ -159,12 +159,12 @@ def test_gateway_image_command_serves_and_its_healthcheck_passes(redis_url: str,
     env = image_env(stage, SGW_REDIS_URL=redis_url, SGW_STATE_DIR=str(tmp_path),
                     SGW_LISTEN=f"[::]:{port}", SGW_METRICS_LISTEN=f"127.0.0.1:{metrics}")  # fmt: skip
     # Loaded first, as the loader container would: the health service says SERVING only with data.
-    for kind, row in (("institution", institution_row()), ("staff", staff_row())):
-        path = write_csv(tmp_path / f"{kind}.csv", HEADERS[kind], [row])
-        done = subprocess.run(
-            ["settlement-loader", "sync", str(path)], env=env, capture_output=True, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
+    paths = [
+        str(write_csv(tmp_path / f"{kind}.csv", HEADERS[kind], [row]))
+        for kind, row in (("institution", institution_row()), ("staff", staff_row()))
+    ]
+    done = subprocess.run(["settlement-loader", "sync", *paths], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
     unhealthy = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)
     assert unhealthy.returncode == 1 and "UNREACHABLE" in unhealthy.stdout
     log = tmp_path / "gateway.log"
@@ -195,7 +195,9 @@ def test_loader_image_command_watches_the_export_directory(redis_url: str, tmp_p
     with log.open("wb") as out:
         proc = subprocess.Popen([*entrypoint, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
+        # A set: institutions and staff land together and load as one version.
         write_csv(exports / "institutions.csv", HEADERS["institution"], [institution_row()])
+        write_csv(exports / "staff.csv", HEADERS["staff"], [staff_row()])
         _wait_for(lambda: any((exports / "loaded").glob("*institutions.csv")), "watch", proc, log)
     finally:
         proc.terminate()
