@@ -139,9 +139,11 @@ async def test_1100_idle_streams_of_one_hospital_leave_the_others_served(
     refused = [o for o in opened if o[1] != OK]
     assert len(answered) == DEFAULT_STREAM_BUDGET
     # A stream refused when it opens, before its request was read, may see its own write fail
-    # in the Python client (INTERNAL, "Internal error from Core") instead of the status the
-    # gateway sent; the gateway's own count below says every one was RESOURCE_EXHAUSTED.
-    assert {code for _, code, _ in refused} <= {EXHAUSTED, grpc.StatusCode.INTERNAL}, collections.Counter(
+    # in the Python client (INTERNAL, "Internal error from Core", or CANCELLED when the refusal
+    # races the write on a busy machine) instead of the status the gateway sent; the gateway's
+    # own count below says every one was RESOURCE_EXHAUSTED.
+    client_side = {grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED}
+    assert {code for _, code, _ in refused} <= {EXHAUSTED, *client_side}, collections.Counter(
         (c, d) for _, c, d in refused
     )
     assert all("SGW_CALLER_STREAMS=16" in details for _, code, details in refused if code == EXHAUSTED)
@@ -150,10 +152,21 @@ async def test_1100_idle_streams_of_one_hospital_leave_the_others_served(
     }
     assert wrong_answers(calm.outcomes, work, reference, "") == []
     assert status.data_version
-    s = await gw.scrape_until(lambda s: refusals(s, "streams") == len(refused))
-    assert refusals(s, "calls") == refusals(s, "lines") == 0
+    # Every stream that reached the gateway beyond the budget was refused by it. On a busy
+    # machine a client may give up on a stream before the gateway ever saw it (counted among
+    # ``refused`` above, never started on the server), so the server's count is of its own.
     stream_codes = {"grpc_method": "ValidateStream"}
-    assert s.total("grpc_server_handled_total", grpc_code="ResourceExhausted", **stream_codes) == len(refused)
+
+    def started(s: Scrape) -> float:
+        return s.total("grpc_server_started_total", **stream_codes)
+
+    s = await gw.scrape_until(lambda s: refusals(s, "streams") == started(s) - DEFAULT_STREAM_BUDGET)
+    never_started = len(opened) - started(s)
+    assert refusals(s, "streams") == len(refused) - never_started
+    assert refusals(s, "calls") == refusals(s, "lines") == 0
+    assert s.total("grpc_server_handled_total", grpc_code="ResourceExhausted", **stream_codes) == refusals(
+        s, "streams"
+    )
     assert s.total("grpc_server_handled_total", grpc_code="ResourceExhausted", grpc_method="Validate") == 0
 
 
