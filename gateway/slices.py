@@ -7,8 +7,9 @@ to 1,585 ms under six loops of such bills. Judged ``SLICE_LINES`` lines at a tim
 loop free to serve other calls between slices, a small bill waits at most a slice or two.
 
 Each step gives exactly what the one-go function gives (``tests/property`` compares them):
-the rules share one memo across slices (``decide_all(..., memo)``), the reply is built in
-one go (in C, see ``build``), and the metrics count the settlement once. A bill of at
+the rules share one memo across slices (``decide_all(..., memo)``) and the metrics count the
+settlement once. The reply is not sliced: ``build_response`` joins its entries in C from one
+encoded verdict per distinct decision (``gateway.reply``), about 0.7 µs a line. A bill of at
 most ``SLICE_LINES`` lines takes the one-go path: the everyday bill pays one comparison.
 """
 
@@ -24,7 +25,6 @@ from gateway.rules import Decision, DecisionMemo, Evidence, Line, RulesConfig, d
 from gateway.settlement import (
     NO_MAX_DAY,
     ParsedRequest,
-    build_response,
     parse_request,
 )
 
@@ -82,22 +82,6 @@ async def decide_gaps(
         out.extend(decide_with_gaps(part, evidence, config, institution_known, missing_staff))
         await asyncio.sleep(0)
     return out
-
-
-async def build(
-    request_id: str,
-    lines: Sequence[Line],
-    decisions: Sequence[Decision],
-    data_version: str,
-    data_as_of: float,
-    degraded: bool,
-) -> bytes:
-    """``build_response`` in one go, whatever the bill's size: the reply's entries are joined
-    in C from one encoded verdict per distinct decision (``gateway.reply``), about 0.7 µs a
-    line, so a 10,000-line reply holds the loop for ~7 ms, a few slices' worth; slicing it
-    would add a pass without shortening any wait by much. Kept a coroutine so the servicer
-    treats every step alike."""
-    return build_response(request_id, lines, decisions, data_version, data_as_of, degraded)
 
 
 async def observe(

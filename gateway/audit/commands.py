@@ -40,6 +40,20 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _archive_settings(args: argparse.Namespace, command: str) -> tuple[Settings, str] | int:
+    """The settings and DSN of a command that needs the archive, or its exit status (2: a usage
+    error)."""
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"settlement-gateway: {exc}", file=sys.stderr)
+        return 2
+    if not settings.audit_dsn:
+        print(f"settlement-gateway {command}: give --dsn or SGW_AUDIT_DSN", file=sys.stderr)
+        return 2
+    return settings, settings.audit_dsn
+
+
 def _fail(message: str) -> int:
     print(f"settlement-gateway audit: {message}", file=sys.stderr)
     return 1
@@ -99,16 +113,12 @@ def find_main(args: argparse.Namespace) -> int:
 
 
 def migrate_main(args: argparse.Namespace) -> int:
+    found = _archive_settings(args, "audit migrate")
+    if isinstance(found, int):
+        return found
+    _, dsn = found
     try:
-        settings = _settings(args)
-    except ConfigError as exc:
-        print(f"settlement-gateway: {exc}", file=sys.stderr)
-        return 2
-    if not settings.audit_dsn:
-        print("settlement-gateway audit migrate: give --dsn or SGW_AUDIT_DSN", file=sys.stderr)
-        return 2
-    try:
-        archive.migrate(settings.audit_dsn)
+        archive.migrate(dsn)
     except psycopg.Error as exc:
         return _fail(f"cannot create the archive schema: {exc}")
     print("audit archive schema is up to date", file=sys.stderr)
@@ -117,18 +127,14 @@ def migrate_main(args: argparse.Namespace) -> int:
 
 def verify_main(args: argparse.Namespace) -> int:
     """Check every chain in the archive; exit 1 and list the problems if any."""
-    try:
-        settings = _settings(args)
-    except ConfigError as exc:
-        print(f"settlement-gateway: {exc}", file=sys.stderr)
-        return 2
-    if not settings.audit_dsn:
-        print("settlement-gateway audit verify: give --dsn or SGW_AUDIT_DSN", file=sys.stderr)
-        return 2
+    found = _archive_settings(args, "audit verify")
+    if isinstance(found, int):
+        return found
+    _, dsn = found
     summary = chain.Summary()
     problems = 0
     try:
-        with psycopg.connect(settings.audit_dsn) as conn:
+        with psycopg.connect(dsn) as conn:
             for problem in chain.check(archive.chain_rows(conn), summary):
                 problems += 1
                 if args.json:
@@ -245,14 +251,10 @@ class ArchiverMetrics:
 
 def archive_main(args: argparse.Namespace) -> int:
     """Move the stream into PostgreSQL: once (``--once``), or until SIGTERM."""
-    try:
-        settings = _settings(args)
-    except ConfigError as exc:
-        print(f"settlement-gateway: {exc}", file=sys.stderr)
-        return 2
-    if not settings.audit_dsn:
-        print("settlement-gateway audit-archive: give --dsn or SGW_AUDIT_DSN", file=sys.stderr)
-        return 2
+    found = _archive_settings(args, "audit-archive")
+    if isinstance(found, int):
+        return found
+    settings, dsn = found
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -264,7 +266,7 @@ def archive_main(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     metrics = ArchiverMetrics(registry)
     try:
-        with _redis(settings) as client, psycopg.connect(settings.audit_dsn) as conn:
+        with _redis(settings) as client, psycopg.connect(dsn) as conn:
             archiver = archive.Archiver(client, Keys(settings.namespace), conn, args.consumer or "")
             archiver.ensure_group()
             if args.once:
