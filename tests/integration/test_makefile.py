@@ -17,7 +17,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 def dry_run(*targets: str, venv: Path) -> list[str]:
     """The commands make would run, always remaking (-B), into a venv path that does not exist."""
-    result = subprocess.run(["make", "-n", "-B", f"VENV={venv}", *targets], cwd=ROOT,
+    # --no-print-directory: under `make test` (CI) this make is a sub-make, which would print
+    # "Entering/Leaving directory" lines around its commands.
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-B", f"VENV={venv}", *targets], cwd=ROOT,
                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
     return result.stdout.splitlines()
 
