@@ -16,7 +16,7 @@ The process-wide ``SGW_MAX_CONCURRENT_RPCS`` still holds behind them (``InFlight
 
 Who a caller is:
 
-- with mTLS, its client certificate's identity (``gateway.auth.peer_identities``);
+- with mTLS, its client certificate's identity (``gateway.auth.certificate_identity``);
 - else the institution code of the request (what the caller says it is: without mTLS a caller
   sending another hospital's code spends that hospital's budget);
 - a call that carries no institution code (``GetStatus``, health, reflection, bytes that do not
@@ -47,7 +47,7 @@ from typing import Any, TypeAlias
 import grpc
 import grpc.aio
 
-from gateway.auth import peer_identities
+from gateway.auth import certificate_identity
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,7 @@ def institution_caller(context: Context, request: Any) -> Caller:
 
 def certificate_caller(context: Context, request: Any = None) -> Caller:
     """With mTLS: the client certificate's identity (all of its SANs, else its CN)."""
-    identities = peer_identities(context.auth_context())
-    return ",".join(identities) if identities else peer_caller(context)
+    return certificate_identity(context) or peer_caller(context)
 
 
 class InFlightLimit:

@@ -90,6 +90,12 @@ def peer_identities(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
     return [v.decode("utf-8", "replace") for v in auth_context.get(CN_KEY, ())]
 
 
+def certificate_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The call's client-certificate identity as one string (its identities joined by commas),
+    "" without mTLS: whom the audit trail and the per-caller budgets name."""
+    return ",".join(peer_identities(context.auth_context()))
+
+
 class Authorizer:
     """Checks one call against the access map; the servicer asks it before any data is read."""
 

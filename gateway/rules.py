@@ -415,10 +415,6 @@ def is_emergency_request(encounter: int, med_type: str, config: RulesConfig) -> 
     return encounter == ENCOUNTER_EMERGENCY or med_type.strip() in config.emergency_med_types
 
 
-# Reasons whose default zh-CN detail names the service day (a profile's: ``day_specific``).
-DAY_SPECIFIC_REASONS = frozenset(reason for reason, spec in RULE_BY_REASON.items() if "{date}" in spec.detail)
-
-
 def _consulted_periods(line: Line, evidence: Evidence, config: RulesConfig) -> Iterator[Period]:
     """Every dated period a check may consult for ``line``: the only way the day matters.
 

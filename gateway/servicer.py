@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 
 from gateway import slices
 from gateway.audit import AuditLog
-from gateway.auth import AccessDenied, Authorizer, peer_identities
+from gateway.auth import AccessDenied, Authorizer, certificate_identity
 from gateway.config import Settings
 from gateway.days import day_of_instant
 from gateway.metrics import GatewayMetrics
@@ -260,8 +260,7 @@ def caller_identity(context: ServicerContext | None) -> str:
     peer address gRPC reports (``ipv4:10.0.0.7:51234``)."""
     if context is None:
         return ""
-    identities = peer_identities(context.auth_context())
-    return ",".join(identities) if identities else str(context.peer() or "")
+    return certificate_identity(context) or str(context.peer() or "")
 
 
 def source_name(path: str) -> str:
