@@ -13,7 +13,6 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
-import xlsxwriter
 
 from gateway.keys import Keys
 from gateway.records import DepartmentActions
@@ -29,16 +28,12 @@ from tests.exports import (
     institution_row,
     staff_row,
     write_csv,
+    write_xlsx,
 )
+from tests.integration.test_loader_cli import loader, scrape, wait_for
 
 BIN = Path(sys.executable).parent
 KEYS = Keys()
-
-
-def loader(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "settlement-loader"), *args], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture
@@ -54,16 +49,6 @@ def live_meta(client: redis.Redis) -> VersionMeta | None:
 
 def staff_codes(n: int) -> list[str]:
     return [f"D330902{i:06d}" for i in range(n)]
-
-
-def write_xlsx(path: Path, headers: list[str], rows: list[list[str]]) -> Path:
-    book = xlsxwriter.Workbook(str(path))
-    sheet = book.add_worksheet()
-    for r, row in enumerate([headers, *rows]):
-        for c, value in enumerate(row):
-            sheet.write_string(r, c, value)
-    book.close()
-    return path
 
 
 def a_set(tmp_path: Path, staff: int = 50) -> tuple[Path, Path, Path]:
@@ -272,31 +257,6 @@ def test_the_shrink_guard_survives_the_store_losing_its_data(
 
 
 # -- watch: files that land together ---------------------------------------------------------
-
-
-def scrape(port: int) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-        text = reply.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def wait_for(predicate: object, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():  # type: ignore[operator]
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("condition not reached")
 
 
 def test_watch_publishes_files_landing_together_as_one_version(
